@@ -1,0 +1,493 @@
+//! Gateway configuration: `config/*.toml` plus `EHRGW_` environment overrides, validated all at once.
+//!
+//! Loading never stops at the first problem: every section is extracted on its own and then cross-checked,
+//! so an operator sees the whole list of mistakes (with the file and key) in one run.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = "config/default.toml";
+pub const DEFAULT_BODY_LIMIT: u64 = 32 * 1024 * 1024;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes (413 beyond).
+    #[serde(default = "default_body_limit")]
+    pub body_limit_bytes: u64,
+    /// Whole-request deadline at the front door, in milliseconds (504 beyond).
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Base URL clients reach the gateway at; links and `content.url` are built from it.
+    /// Defaults to `http://{listen}`.
+    #[serde(default)]
+    pub public_base_url: Option<String>,
+    /// Folder of mapping files.
+    #[serde(default = "default_mappings_dir")]
+    pub mappings_dir: PathBuf,
+    /// Log format: `json` (default) or `pretty`.
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_body_limit() -> u64 {
+    DEFAULT_BODY_LIMIT
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+fn default_mappings_dir() -> PathBuf {
+    PathBuf::from("mappings")
+}
+fn default_log_format() -> String {
+    "json".into()
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            body_limit_bytes: default_body_limit(),
+            request_timeout_ms: default_request_timeout_ms(),
+            public_base_url: None,
+            mappings_dir: default_mappings_dir(),
+            log_format: default_log_format(),
+        }
+    }
+}
+
+/// A gateway client: who may call the front door, and for which organizations.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub name: String,
+    /// Lower-case hex SHA-256 of the bearer token; the token itself is never stored.
+    pub token_sha256: String,
+    /// Organization ids or slugs this client may use.
+    pub organizations: Vec<String>,
+}
+
+/// Where a secret comes from. Secrets are never written in config files.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Names of variables and files are not secret, but keep Debug uniform with `Secret`.
+        f.debug_struct("SecretRef").field("env", &self.env).field("file", &self.file).finish()
+    }
+}
+
+/// A resolved secret value; `Debug` and `Display` redact it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl SecretRef {
+    pub fn resolve(&self) -> Result<Secret, String> {
+        match (&self.env, &self.file) {
+            (Some(var), None) => {
+                std::env::var(var).map(Secret).map_err(|_| format!("environment variable `{var}` is not set"))
+            }
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|s| Secret(s.trim_end_matches(['\r', '\n']).to_string()))
+                .map_err(|e| format!("cannot read secret file `{}`: {e}", path.display())),
+            _ => Err("a secret needs exactly one of `env` or `file`".into()),
+        }
+    }
+}
+
+/// How the gateway reaches one EHR tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// `canvas` (others arrive with their connectors).
+    pub ehr: String,
+    /// Start the in-process simulator of this EHR and point the connection at it (sandbox mode).
+    #[serde(default)]
+    pub simulator: bool,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub token_url: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<SecretRef>,
+    #[serde(default = "default_upstream_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Most upstream requests in flight at once on this connection.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// Attempts for a safe (idempotent) request, the first included.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Serialize writes per encounter/note (Canvas loses concurrent writes). Only tests turn this off.
+    #[serde(default = "default_true")]
+    pub serialize_writes: bool,
+}
+
+fn default_upstream_timeout_ms() -> u64 {
+    20_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_max_concurrency() -> usize {
+    64
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrganizationConfig {
+    pub id: String,
+    pub slug: String,
+    pub name: String,
+    /// Name of an entry in `[connections]`.
+    pub connection: String,
+    /// Name of the mapping set (a file `mappings/{name}.toml`).
+    pub mapping: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub clients: Vec<ClientConfig>,
+    pub connections: BTreeMap<String, ConnectionConfig>,
+    pub organizations: Vec<OrganizationConfig>,
+    pub source: String,
+}
+
+/// Every problem found while loading, each with where it was found.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "configuration has {} problem(s):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+pub const KNOWN_EHRS: &[&str] = &["canvas"];
+
+impl Config {
+    /// Loads `path` and applies `EHRGW_` environment overrides (`EHRGW_SERVER__LISTEN=…`).
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let figment = Figment::new().merge(Toml::file_exact(path)).merge(Env::prefixed("EHRGW_").split("__"));
+        Self::from_figment(figment, &path.display().to_string())
+    }
+
+    pub fn from_toml_str(toml: &str) -> Result<Config, ConfigErrors> {
+        Self::from_figment(Figment::new().merge(Toml::string(toml)), "<inline>")
+    }
+
+    fn from_figment(figment: Figment, source: &str) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let describe = |e: figment::Error| -> Vec<String> {
+            e.into_iter()
+                .map(|e| {
+                    let key = if e.path.is_empty() { String::new() } else { format!("{}: ", e.path.join(".")) };
+                    format!("{source}: {key}{}", e.kind)
+                })
+                .collect()
+        };
+
+        if let Err(e) = figment.extract::<toml::Value>() {
+            errors.extend(describe(e));
+            return Err(ConfigErrors(errors));
+        }
+        let known: HashSet<&str> = ["server", "clients", "connections", "organizations"].into();
+        if let Ok(figment::value::Value::Dict(_, top)) = figment.find_value("") {
+            for key in top.keys() {
+                if !known.contains(key.as_str()) {
+                    errors.push(format!(
+                        "{source}: unknown section `{key}`; expected one of server, clients, connections, organizations"
+                    ));
+                }
+            }
+        }
+
+        let server = match figment.find_value("server") {
+            Ok(_) => figment.extract_inner::<ServerConfig>("server").unwrap_or_else(|e| {
+                errors.extend(describe(e));
+                ServerConfig::default()
+            }),
+            Err(_) => ServerConfig::default(),
+        };
+
+        let clients = extract_list::<ClientConfig>(&figment, "clients", &describe, &mut errors);
+        let organizations = extract_list::<OrganizationConfig>(&figment, "organizations", &describe, &mut errors);
+        let mut connections = BTreeMap::new();
+        if let Ok(figment::value::Value::Dict(_, dict)) = figment.find_value("connections") {
+            for name in dict.keys() {
+                match figment.extract_inner::<ConnectionConfig>(&format!("connections.{name}")) {
+                    Ok(c) => {
+                        connections.insert(name.clone(), c);
+                    }
+                    Err(e) => errors.extend(describe(e)),
+                }
+            }
+        }
+
+        let config = Config { server, clients, connections, organizations, source: source.to_string() };
+        errors.extend(config.semantic_problems());
+        if errors.is_empty() { Ok(config) } else { Err(ConfigErrors(errors)) }
+    }
+
+    /// Cross-references and values serde cannot check.
+    fn semantic_problems(&self) -> Vec<String> {
+        let src = &self.source;
+        let mut problems = Vec::new();
+        if self.server.body_limit_bytes == 0 {
+            problems.push(format!("{src}: server.body_limit_bytes must be greater than 0"));
+        }
+        if self.server.request_timeout_ms == 0 {
+            problems.push(format!("{src}: server.request_timeout_ms must be greater than 0"));
+        }
+        if !matches!(self.server.log_format.as_str(), "json" | "pretty") {
+            problems.push(format!("{src}: server.log_format must be `json` or `pretty`"));
+        }
+        for (name, c) in &self.connections {
+            let at = format!("{src}: connections.{name}");
+            if !KNOWN_EHRS.contains(&c.ehr.as_str()) {
+                problems.push(format!("{at}.ehr: unknown EHR `{}`; supported: {}", c.ehr, KNOWN_EHRS.join(", ")));
+            }
+            if c.simulator {
+                continue;
+            }
+            for (field, value) in [("base_url", &c.base_url), ("token_url", &c.token_url), ("client_id", &c.client_id)]
+            {
+                match value {
+                    None => problems.push(format!("{at}.{field} is required unless `simulator = true`")),
+                    Some(url)
+                        if field != "client_id" && !(url.starts_with("http://") || url.starts_with("https://")) =>
+                    {
+                        problems.push(format!("{at}.{field}: `{url}` must be an http(s) URL"))
+                    }
+                    _ => {}
+                }
+            }
+            match &c.client_secret {
+                None => problems.push(format!("{at}.client_secret is required unless `simulator = true`")),
+                Some(secret) => {
+                    if let Err(e) = secret.resolve() {
+                        problems.push(format!("{at}.client_secret: {e}"));
+                    }
+                }
+            }
+            if c.max_concurrency == 0 || c.max_attempts == 0 || c.timeout_ms == 0 {
+                problems.push(format!("{at}: max_concurrency, max_attempts and timeout_ms must be greater than 0"));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (i, org) in self.organizations.iter().enumerate() {
+            let at = format!("{src}: organizations[{i}]");
+            for key in [&org.id, &org.slug] {
+                if !crate::fhir::validate::is_valid_id(key) {
+                    problems
+                        .push(format!("{at}: `{key}` is not usable in a URL path segment (use [A-Za-z0-9-.]{{1,64}})"));
+                }
+                if !seen.insert(key.clone()) {
+                    problems.push(format!("{at}: id or slug `{key}` is used by another organization"));
+                }
+            }
+            if !self.connections.contains_key(&org.connection) {
+                problems.push(format!("{at}.connection: unknown connection `{}`", org.connection));
+            }
+        }
+        for (i, client) in self.clients.iter().enumerate() {
+            let at = format!("{src}: clients[{i}] ({})", client.name);
+            if client.token_sha256.len() != 64 || !client.token_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                problems.push(format!("{at}.token_sha256 must be 64 hex characters (sha256 of the token)"));
+            }
+            for org in &client.organizations {
+                if !self.organizations.iter().any(|o| &o.id == org || &o.slug == org) {
+                    problems.push(format!("{at}.organizations: unknown organization `{org}`"));
+                }
+            }
+        }
+        problems
+    }
+
+    /// Base URL clients use to reach the gateway.
+    pub fn public_base_url(&self) -> String {
+        self.server
+            .public_base_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.server.listen))
+            .trim_end_matches('/')
+            .to_string()
+    }
+}
+
+fn extract_list<T: for<'de> Deserialize<'de>>(
+    figment: &Figment,
+    key: &str,
+    describe: &dyn Fn(figment::Error) -> Vec<String>,
+    errors: &mut Vec<String>,
+) -> Vec<T> {
+    let Ok(value) = figment.find_value(key) else { return Vec::new() };
+    let Some(items) = value.as_array() else {
+        errors.push(format!("`{key}` must be an array of tables ([[{key}]])"));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match T::deserialize(item) {
+            Ok(v) => out.push(v),
+            Err(e) => errors.extend(describe(e).into_iter().map(|m| m.replacen(": ", &format!(": {key}[{i}]: "), 1))),
+        }
+    }
+    out
+}
+
+/// Lower-case hex SHA-256 of a token, as stored in `clients[].token_sha256`.
+pub fn token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:9999"
+[connections.c]
+ehr = "canvas"
+simulator = true
+[[organizations]]
+id = "org-1"
+slug = "demo"
+name = "Demo"
+connection = "c"
+mapping = "canvas"
+[[clients]]
+name = "demo"
+token_sha256 = "2c0f5a4c6b1d9d6d2f7b1c8c0e5e2e8f3c1b9a7d6e5f4a3b2c1d0e9f8a7b6c5d"
+organizations = ["demo"]
+"#;
+
+    #[test]
+    fn a_good_config_loads() {
+        let c = Config::from_toml_str(GOOD).expect("valid");
+        assert_eq!(c.server.listen.port(), 9999);
+        assert_eq!(c.server.body_limit_bytes, DEFAULT_BODY_LIMIT);
+        assert_eq!(c.public_base_url(), "http://127.0.0.1:9999");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let bad = r#"
+[server]
+listen = "nonsense"
+colour = "blue"
+[connections.c]
+ehr = "cerner"
+[[organizations]]
+id = "org 1"
+slug = "demo"
+name = "Demo"
+connection = "missing"
+mapping = "canvas"
+[[organizations]]
+id = "org-2"
+name = "No slug"
+connection = "c"
+mapping = "canvas"
+[[clients]]
+name = "demo"
+token_sha256 = "short"
+organizations = ["nowhere"]
+"#;
+        let errors = Config::from_toml_str(bad).expect_err("invalid").0;
+        let all = errors.join("\n");
+        for needle in [
+            "server",
+            "unknown EHR `cerner`",
+            "base_url is required",
+            "client_secret is required",
+            "`org 1` is not usable",
+            "unknown connection `missing`",
+            "organizations[1]",
+            "token_sha256 must be 64 hex",
+            "unknown organization `nowhere`",
+        ] {
+            assert!(all.contains(needle), "missing `{needle}` in:\n{all}");
+        }
+        assert!(errors.len() >= 8, "{all}");
+    }
+
+    #[test]
+    fn secrets_redact_in_debug() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+        let c = ConnectionConfig {
+            ehr: "canvas".into(),
+            simulator: false,
+            base_url: None,
+            token_url: None,
+            client_id: Some("id".into()),
+            client_secret: Some(SecretRef { env: Some("X".into()), file: None }),
+            timeout_ms: 1,
+            connect_timeout_ms: 1,
+            max_concurrency: 1,
+            max_attempts: 1,
+            serialize_writes: true,
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn token_hash_is_sha256_hex() {
+        assert_eq!(token_hash("demo-token").len(), 64);
+        assert_ne!(token_hash("a"), token_hash("b"));
+    }
+}

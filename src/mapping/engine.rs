@@ -1,0 +1,519 @@
+//! The pure mapping engine: canonical request → upstream request plan, upstream response → FHIR.
+//!
+//! No I/O, no clocks, no globals. An interaction is a [`Run`]: ask it for the next upstream request, feed
+//! it the response, repeat until it yields an [`Outcome`]. The upstream client does the I/O in between.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::template::Scope;
+use super::{Category, Encoding, Interaction, Mapping, Step, StepResult};
+use crate::error::{GatewayError, Issue, IssueCode, Side};
+
+/// One request for the upstream client. Paths are relative to the connection's base URL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamRequest {
+    pub method: Method,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Bytes>,
+    pub content_type: Option<&'static str>,
+}
+
+impl UpstreamRequest {
+    /// Safe to send again: the EHR cannot have changed anything because of it.
+    pub fn is_idempotent(&self) -> bool {
+        matches!(self.method, Method::GET | Method::HEAD)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What the gateway needs to build client-facing values.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The organization's FHIR base as clients see it, e.g. `http://127.0.0.1:8080/organizations/demo-canvas/fhir/4`.
+    pub fhir_base: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Resource(Value),
+    Page {
+        entries: Vec<Value>,
+        total: Option<u64>,
+        next: Option<String>,
+    },
+    /// The content step succeeded; the caller streams its body.
+    Bytes,
+}
+
+/// An interaction in progress.
+pub struct Run<'m> {
+    mapping: &'m Mapping,
+    category: &'m Category,
+    steps: &'m [Step],
+    index: usize,
+    vars: BTreeMap<String, Value>,
+    input: Value,
+    ctx: Context,
+    /// A `next` link to follow instead of rendering the search step (paging).
+    next_link: Option<(String, Vec<(String, String)>)>,
+}
+
+fn mapping_error(mapping: &Mapping, message: String) -> GatewayError {
+    // A template that cannot render an upstream answer is a gateway/mapping defect, not the caller's.
+    GatewayError::new(
+        StatusCode::BAD_GATEWAY,
+        IssueCode::Exception,
+        Side::Upstream(mapping.display_name.clone()),
+        message,
+    )
+}
+
+impl<'m> Run<'m> {
+    fn new(
+        mapping: &'m Mapping,
+        category: &'m Category,
+        steps: &'m [Step],
+        vars: BTreeMap<String, Value>,
+        input: Value,
+        ctx: Context,
+    ) -> Self {
+        Run { mapping, category, steps, index: 0, vars, input, ctx, next_link: None }
+    }
+
+    /// A create: runs the category's checks on `resource` and prepares the steps.
+    pub fn create(
+        mapping: &'m Mapping,
+        category: &'m Category,
+        resource: Value,
+        ctx: Context,
+    ) -> Result<Self, GatewayError> {
+        let interaction = category.create.as_ref().ok_or_else(|| not_supported(mapping, "create", Some(category)))?;
+        run_checks(interaction, &resource, category)?;
+        Ok(Run::new(mapping, category, &interaction.steps, BTreeMap::new(), resource, ctx))
+    }
+
+    /// A read (or the content fetch) of the object named by the id's variables.
+    pub fn read(
+        mapping: &'m Mapping,
+        category: &'m Category,
+        gateway_id: &str,
+        ctx: Context,
+    ) -> Result<Self, GatewayError> {
+        let interaction = category.read.as_ref().ok_or_else(|| not_supported(mapping, "read", Some(category)))?;
+        Ok(Run::new(mapping, category, &interaction.steps, id_vars(category, gateway_id)?, Value::Null, ctx))
+    }
+
+    /// The fetch of the bytes behind a Media's `content.url`.
+    pub fn content(
+        mapping: &'m Mapping,
+        category: &'m Category,
+        gateway_id: &str,
+        ctx: Context,
+    ) -> Result<Self, GatewayError> {
+        let interaction = category.content.as_ref().ok_or_else(|| {
+            GatewayError::not_found(format!(
+                "{} {} media have no content to fetch",
+                mapping.display_name, category.name
+            ))
+        })?;
+        Ok(Run::new(mapping, category, &interaction.steps, id_vars(category, gateway_id)?, Value::Null, ctx))
+    }
+
+    /// A search with the given FHIR parameters (already checked to be supported) and page size.
+    pub fn search(
+        mapping: &'m Mapping,
+        category: &'m Category,
+        params: &[(String, String)],
+        count: u32,
+        ctx: Context,
+    ) -> Result<Self, GatewayError> {
+        let search = category.search.as_ref().ok_or_else(|| not_supported(mapping, "search", Some(category)))?;
+        let mut vars = BTreeMap::new();
+        vars.insert("_count".to_string(), Value::from(count));
+        let raw: BTreeMap<String, Value> = params.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        let mut issues = Vec::new();
+        for (name, value) in params {
+            let Some(expr) = search.params.get(name) else {
+                return Err(unsupported_param(mapping, category, name));
+            };
+            let scope = Scope { document: &Value::Null, vars: &raw, headers: None, id_template: Some(&category.id) };
+            match expr.eval(&scope) {
+                Ok(Some(v)) => {
+                    vars.insert(name.clone(), v);
+                }
+                Ok(None) => {}
+                Err(e) => issues.push(Issue {
+                    code: IssueCode::Invalid,
+                    message: format!("search parameter `{name}`: {e}"),
+                    expression: vec![],
+                }),
+            }
+            let _ = value;
+        }
+        if !issues.is_empty() {
+            return Err(GatewayError::client_issues(StatusCode::BAD_REQUEST, issues));
+        }
+        if !search.require_one_of.is_empty() && !search.require_one_of.iter().any(|p| vars.contains_key(p)) {
+            return Err(GatewayError::client(
+                StatusCode::BAD_REQUEST,
+                IssueCode::Required,
+                format!(
+                    "{} search needs one of these parameters: {}",
+                    mapping.display_name,
+                    search.require_one_of.join(", ")
+                ),
+            ));
+        }
+        Ok(Run::new(mapping, category, &search.steps, vars, Value::Null, ctx))
+    }
+
+    /// Continues a search at an upstream `next` link (relative), checked to stay on the search's own path.
+    pub fn search_page(
+        mapping: &'m Mapping,
+        category: &'m Category,
+        link: &str,
+        ctx: Context,
+    ) -> Result<Self, GatewayError> {
+        let search = category.search.as_ref().ok_or_else(|| not_supported(mapping, "search", Some(category)))?;
+        let bad = || GatewayError::invalid("the `_page` token is not valid for this search; start the search again");
+        let step = search.steps.last().ok_or_else(bad)?;
+        let (path, query) = link.split_once('?').unwrap_or((link, ""));
+        let expected = step.path.render(&Scope {
+            document: &Value::Null,
+            vars: &BTreeMap::new(),
+            headers: None,
+            id_template: None,
+        });
+        if !path.starts_with('/') || path.starts_with("//") || expected.ok().flatten().as_deref() != Some(path) {
+            return Err(bad());
+        }
+        let query: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        let mut run =
+            Run::new(mapping, category, &search.steps[search.steps.len() - 1..], BTreeMap::new(), Value::Null, ctx);
+        run.next_link = Some((path.to_string(), query));
+        Ok(run)
+    }
+
+    /// The key writes must be serialized by (first expression with a value), if any.
+    pub fn serialize_key(&self) -> Option<String> {
+        let interaction: &Interaction = self.category.create.as_ref()?;
+        let scope = self.scope(&self.input, None);
+        interaction.serialize_writes_by.iter().find_map(|e| match e.eval(&scope).ok()?? {
+            Value::String(s) => Some(s),
+            Value::Array(a) => a.first().and_then(|v| v.as_str().map(str::to_string)),
+            other => Some(other.to_string()),
+        })
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.index >= self.steps.len()
+    }
+
+    fn scope<'a>(&'a self, document: &'a Value, headers: Option<&'a HeaderMap>) -> Scope<'a> {
+        Scope { document, vars: &self.vars, headers, id_template: Some(&self.category.id) }
+    }
+
+    /// The request for the current step.
+    pub fn next_request(&self) -> Result<UpstreamRequest, GatewayError> {
+        let step = self.steps.get(self.index).ok_or_else(|| GatewayError::gateway("mapping run has no step left"))?;
+        if let Some((path, query)) = &self.next_link {
+            return Ok(UpstreamRequest {
+                method: step.method.clone(),
+                path: path.clone(),
+                query: query.clone(),
+                headers: vec![],
+                body: None,
+                content_type: None,
+            });
+        }
+        let scope = self.scope(&self.input, None);
+        // Values that fail to render come from the caller's input (ids, parameters).
+        let client_err = |e: String| GatewayError::invalid(e);
+        let path = step.path.render(&scope).map_err(client_err)?.ok_or_else(|| {
+            mapping_error(
+                self.mapping,
+                format!("the upstream path of {} needs a value the request does not have", self.category.name),
+            )
+        })?;
+        let mut query = Vec::new();
+        for (k, t) in &step.query {
+            if let Some(v) = t.render(&scope).map_err(client_err)? {
+                query.push((k.clone(), v));
+            }
+        }
+        let mut headers = Vec::new();
+        for (k, t) in &step.headers {
+            if let Some(v) = t.render(&scope).map_err(client_err)? {
+                headers.push((k.clone(), v));
+            }
+        }
+        let (body, content_type) = match &step.body {
+            None => (None, None),
+            Some(t) => {
+                let value = t.render(&scope).map_err(client_err)?.unwrap_or(Value::Object(Default::default()));
+                match step.encoding {
+                    Encoding::Json => {
+                        (Some(Bytes::from(serde_json::to_vec(&value).unwrap_or_default())), Some("application/json"))
+                    }
+                    Encoding::Form => {
+                        let mut form = form_urlencoded::Serializer::new(String::new());
+                        if let Value::Object(map) = &value {
+                            for (k, v) in map {
+                                let text = match v {
+                                    Value::String(s) => s.clone(),
+                                    other => other.to_string(),
+                                };
+                                form.append_pair(k, &text);
+                            }
+                        }
+                        (Some(Bytes::from(form.finish())), Some("application/x-www-form-urlencoded"))
+                    }
+                }
+            }
+        };
+        Ok(UpstreamRequest { method: step.method.clone(), path, query, headers, body, content_type })
+    }
+
+    /// Feeds the current step's response. `Ok(None)`: send the next request.
+    pub fn on_response(&mut self, response: &UpstreamResponse) -> Result<Option<Outcome>, GatewayError> {
+        let step = self.steps.get(self.index).ok_or_else(|| GatewayError::gateway("mapping run has no step left"))?;
+        if !step.expect.contains(&response.status) {
+            return Err(translate_error(self.mapping, response, &self.vars));
+        }
+        // Body-less results (bytes, empty 201s) have no JSON to read.
+        let document: Value =
+            if step.result == Some(StepResult::Bytes) || response.body.iter().all(u8::is_ascii_whitespace) {
+                Value::Null
+            } else {
+                serde_json::from_slice(&response.body).map_err(|_| {
+                    mapping_error(
+                        self.mapping,
+                        format!("{} answered with a body that is not JSON", self.mapping.display_name),
+                    )
+                })?
+            };
+        let mut bound = Vec::new();
+        {
+            let scope = self.scope(&document, Some(&response.headers));
+            for (name, expr) in &step.bind {
+                match expr.eval(&scope) {
+                    Ok(Some(v)) => bound.push((name.clone(), v)),
+                    Ok(None) => {
+                        return Err(mapping_error(
+                            self.mapping,
+                            format!("{}'s answer lacks `{name}` ({})", self.mapping.display_name, expr.text()),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(mapping_error(
+                            self.mapping,
+                            format!("reading `{name}` from {}'s answer: {e}", self.mapping.display_name),
+                        ));
+                    }
+                }
+            }
+        }
+        self.vars.extend(bound);
+        self.index += 1;
+        let outcome = match step.result {
+            None if !self.is_done() => return Ok(None),
+            None => return Err(GatewayError::gateway("mapping ended without a result")),
+            Some(StepResult::Bytes) => Outcome::Bytes,
+            Some(StepResult::Resource) => {
+                Outcome::Resource(normalize(self.mapping, self.category, &document, &self.ctx)?)
+            }
+            Some(StepResult::Bundle) => self.page(&document)?,
+        };
+        Ok(Some(outcome))
+    }
+
+    fn page(&self, document: &Value) -> Result<Outcome, GatewayError> {
+        let search = self.category.search.as_ref().ok_or_else(|| GatewayError::gateway("not a search"))?;
+        let scope = self.scope(document, None);
+        let err = |e: String| mapping_error(self.mapping, e);
+        let entries = match search.entries.eval(&scope).map_err(err)? {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items,
+            Some(one) => vec![one],
+        };
+        let entries = entries
+            .iter()
+            .map(|e| normalize(self.mapping, self.category, e, &self.ctx))
+            .collect::<Result<Vec<_>, _>>()?;
+        let total = match &search.total {
+            Some(t) => t.eval(&scope).map_err(err)?.and_then(|v| v.as_u64()),
+            None => None,
+        };
+        let next = match &search.next {
+            Some(n) => match n.eval(&scope).map_err(err)? {
+                Some(Value::String(s)) => Some(s),
+                Some(Value::Array(a)) => a.first().and_then(|v| v.as_str()).map(str::to_string),
+                _ => None,
+            },
+            None => None,
+        };
+        Ok(Outcome::Page { entries, total, next })
+    }
+}
+
+/// The variables encoded in a gateway id, plus `gateway_id` itself (for messages).
+fn id_vars(category: &Category, gateway_id: &str) -> Result<BTreeMap<String, Value>, GatewayError> {
+    let vars = category
+        .id
+        .parse(gateway_id)
+        .ok_or_else(|| GatewayError::not_found(format!("Media/{gateway_id} is not a known Media id")))?;
+    let mut vars = string_vars(vars);
+    vars.insert("gateway_id".into(), Value::String(gateway_id.to_string()));
+    Ok(vars)
+}
+
+fn string_vars(vars: BTreeMap<String, String>) -> BTreeMap<String, Value> {
+    vars.into_iter().map(|(k, v)| (k, Value::String(v))).collect()
+}
+
+/// Maps one upstream object to a FHIR Media with the gateway's id and content URL.
+pub fn normalize(
+    mapping: &Mapping,
+    category: &Category,
+    upstream: &Value,
+    ctx: &Context,
+) -> Result<Value, GatewayError> {
+    let empty = BTreeMap::new();
+    let scope = Scope { document: upstream, vars: &empty, headers: None, id_template: Some(&category.id) };
+    let mut id_vars = BTreeMap::new();
+    for (name, expr) in &category.bind {
+        let value = expr.eval_string(&scope).map_err(|e| mapping_error(mapping, e))?.ok_or_else(|| {
+            mapping_error(mapping, format!("{} returned a {} without `{name}`", mapping.display_name, category.name))
+        })?;
+        id_vars.insert(name.clone(), value);
+    }
+    let gateway_id = category.id.render(&id_vars).ok_or_else(|| {
+        mapping_error(mapping, format!("{} returned an id that does not fit a FHIR id", mapping.display_name))
+    })?;
+    let mut vars = string_vars(id_vars);
+    vars.insert("content_url".into(), Value::String(format!("{}/Media/{gateway_id}/$content", ctx.fhir_base)));
+    vars.insert("gateway_id".into(), Value::String(gateway_id));
+    let scope = Scope { document: upstream, vars: &vars, headers: None, id_template: Some(&category.id) };
+    category
+        .template
+        .render(&scope)
+        .map_err(|e| mapping_error(mapping, e))?
+        .ok_or_else(|| mapping_error(mapping, "the resource template rendered nothing".into()))
+}
+
+/// Runs a create's checks, reporting every failing one.
+pub fn run_checks(interaction: &Interaction, resource: &Value, category: &Category) -> Result<(), GatewayError> {
+    let empty = BTreeMap::new();
+    let scope = Scope { document: resource, vars: &empty, headers: None, id_template: Some(&category.id) };
+    let mut failures: Vec<(StatusCode, Issue)> = Vec::new();
+    for check in &interaction.checks {
+        let issue = |code, message: String| Issue { code, message, expression: vec![check.expression.clone()] };
+        match check.path.eval(&scope) {
+            Ok(None) if check.required => {
+                failures.push((StatusCode::BAD_REQUEST, issue(IssueCode::Required, check.message.clone())))
+            }
+            Ok(None) => {}
+            Ok(Some(value)) => {
+                let text = match &value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let allowed = check.one_of.as_ref().is_none_or(|set| set.contains(&text));
+                let matches = check.pattern.as_ref().is_none_or(|p| p.is_match(&text));
+                if !allowed || !matches {
+                    failures.push((check.status, issue(check.code, check.message.clone())));
+                }
+            }
+            Err(e) => failures.push((check.status, issue(check.code, format!("{}: {e}", check.message)))),
+        }
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    // The most basic problem decides the status: a missing or malformed element (400) before a rule (422).
+    let status = failures.iter().map(|f| f.0).min().unwrap_or(StatusCode::BAD_REQUEST);
+    Err(GatewayError::client_issues(status, failures.into_iter().map(|f| f.1).collect()))
+}
+
+/// The 405 for an interaction this EHR cannot do, naming the EHR and the reason.
+pub fn not_supported(mapping: &Mapping, interaction: &str, category: Option<&Category>) -> GatewayError {
+    let reason = mapping.unsupported.get(interaction).cloned().unwrap_or_else(|| match category {
+        Some(c) => format!("the `{}` category declares no {interaction}", c.name),
+        None => format!("the mapping declares no {interaction}"),
+    });
+    GatewayError::client(
+        StatusCode::METHOD_NOT_ALLOWED,
+        IssueCode::NotSupported,
+        format!("{} does not support Media {interaction}: {reason}", mapping.display_name),
+    )
+}
+
+pub fn unsupported_param(mapping: &Mapping, category: &Category, name: &str) -> GatewayError {
+    let supported: Vec<&str> = category.search.iter().flat_map(|s| s.params.keys().map(String::as_str)).collect();
+    GatewayError::client(
+        StatusCode::BAD_REQUEST,
+        IssueCode::NotSupported,
+        format!(
+            "search parameter `{name}` is not supported for {}; supported: {}, _count",
+            mapping.display_name,
+            supported.join(", ")
+        ),
+    )
+    .with_expression(name.to_string())
+}
+
+/// Applies the mapping's error table to a non-success upstream answer.
+pub fn translate_error(mapping: &Mapping, response: &UpstreamResponse, vars: &BTreeMap<String, Value>) -> GatewayError {
+    let side = Side::Upstream(mapping.display_name.clone());
+    let document: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+    let retry_after = response
+        .headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs);
+    match mapping.errors.iter().find(|r| r.status.matches(response.status)) {
+        Some(rule) => {
+            let scope = Scope { document: &document, vars, headers: Some(&response.headers), id_template: None };
+            let message = rule
+                .message
+                .render(&scope)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| format!("{} answered HTTP {}", mapping.display_name, response.status));
+            GatewayError::new(rule.gateway_status, rule.code, side, message)
+                .retryable(rule.retryable)
+                .with_retry_after(retry_after)
+        }
+        None => GatewayError::new(
+            StatusCode::BAD_GATEWAY,
+            IssueCode::Exception,
+            side,
+            format!("{} answered HTTP {}, which the mapping does not translate", mapping.display_name, response.status),
+        ),
+    }
+}
+
+/// Opaque paging token: which category, and the upstream link to continue at.
+pub fn encode_page_token(category: &str, link: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({ "c": category, "l": link }).to_string())
+}
+
+pub fn decode_page_token(token: &str) -> Option<(String, String)> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    Some((v.get("c")?.as_str()?.to_string(), v.get("l")?.as_str()?.to_string()))
+}

@@ -1,0 +1,715 @@
+//! Declarative mapping sets: loading and compiling `mappings/*.toml`, reporting every problem at once.
+//!
+//! A compiled [`MappingSet`] is immutable; a reload builds a new one and swaps it in (see
+//! [`MappingRegistry`]), so requests in flight finish on the set they started with.
+
+pub mod engine;
+pub mod ids;
+pub mod spec;
+pub mod template;
+pub mod transform;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use http::{Method, StatusCode};
+use regex::Regex;
+use serde_json::Value;
+
+use crate::error::IssueCode;
+use ids::IdTemplate;
+use template::{Expression, Template, TextTemplate, suggest};
+
+/// Front-door interactions, as named in mapping files (`[unsupported]`) and the CapabilityStatement.
+pub const INTERACTIONS: &[&str] =
+    &["create", "read", "vread", "update", "patch", "delete", "search", "history-instance", "history-type"];
+
+/// One problem in a mapping file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    /// 1-based line and column when known.
+    pub position: Option<(usize, usize)>,
+    /// Key path inside the file, e.g. `categories.photo.create.steps[0].path`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => write!(f, "{}:{line}:{col}", self.file.display())?,
+            None => write!(f, "{}", self.file.display())?,
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Form,
+    Basic,
+}
+
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub client_auth: ClientAuth,
+    pub scope: Option<String>,
+    pub refresh_before_expiry_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    Form,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepResult {
+    Resource,
+    Bundle,
+    Bytes,
+}
+
+#[derive(Debug)]
+pub struct Step {
+    pub method: Method,
+    pub path: TextTemplate,
+    pub query: Vec<(String, TextTemplate)>,
+    pub headers: Vec<(String, TextTemplate)>,
+    pub body: Option<Template>,
+    pub encoding: Encoding,
+    pub expect: Vec<u16>,
+    pub bind: Vec<(String, Expression)>,
+    pub result: Option<StepResult>,
+}
+
+#[derive(Debug)]
+pub struct Check {
+    pub path: Expression,
+    pub expression: String,
+    pub required: bool,
+    pub one_of: Option<Vec<String>>,
+    pub pattern: Option<Regex>,
+    pub status: StatusCode,
+    pub code: IssueCode,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub struct Interaction {
+    pub serialize_writes_by: Vec<Expression>,
+    pub checks: Vec<Check>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug)]
+pub struct Search {
+    pub params: BTreeMap<String, Expression>,
+    pub require_one_of: Vec<String>,
+    pub count_default: u32,
+    pub count_max: u32,
+    pub steps: Vec<Step>,
+    pub entries: Expression,
+    pub total: Option<Expression>,
+    pub next: Option<Expression>,
+}
+
+#[derive(Debug)]
+pub struct Category {
+    pub name: String,
+    pub description: String,
+    pub id: IdTemplate,
+    pub bind: Vec<(String, Expression)>,
+    pub template: Template,
+    pub create: Option<Interaction>,
+    pub read: Option<Interaction>,
+    pub search: Option<Search>,
+    pub content: Option<Interaction>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StatusMatch {
+    Exact(u16),
+    Class(u16),
+}
+
+impl StatusMatch {
+    pub fn matches(&self, status: u16) -> bool {
+        match self {
+            StatusMatch::Exact(s) => *s == status,
+            StatusMatch::Class(c) => status / 100 == *c,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ErrorRule {
+    pub status: StatusMatch,
+    pub gateway_status: StatusCode,
+    pub code: IssueCode,
+    pub retryable: bool,
+    pub message: TextTemplate,
+}
+
+/// One compiled mapping file: how one EHR family is spoken to.
+#[derive(Debug)]
+pub struct Mapping {
+    pub name: String,
+    pub ehr: String,
+    pub display_name: String,
+    pub default_category: String,
+    pub auth: Auth,
+    pub unsupported: BTreeMap<String, String>,
+    pub categories: BTreeMap<String, Category>,
+    pub errors: Vec<ErrorRule>,
+}
+
+impl Mapping {
+    pub fn category(&self, name: &str) -> Option<&Category> {
+        self.categories.get(name)
+    }
+
+    /// Finds the category whose id template matches a gateway id, with the id's variables.
+    pub fn category_for_id(&self, id: &str) -> Option<(&Category, BTreeMap<String, String>)> {
+        self.categories.values().find_map(|c| c.id.parse(id).map(|vars| (c, vars)))
+    }
+}
+
+/// Every mapping of one load, with its version.
+#[derive(Debug)]
+pub struct MappingSet {
+    pub mappings: BTreeMap<String, Arc<Mapping>>,
+    /// Content hash of all files (first 16 hex chars of SHA-256).
+    pub version: String,
+    pub loaded_at: SystemTime,
+    pub dir: PathBuf,
+}
+
+impl MappingSet {
+    /// Loads and compiles every `*.toml` directly in `dir`; returns every problem found.
+    pub fn load_dir(dir: &Path) -> Result<MappingSet, Vec<Diagnostic>> {
+        let mut diagnostics = Vec::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                return Err(vec![Diagnostic {
+                    file: dir.to_path_buf(),
+                    position: None,
+                    key: String::new(),
+                    message: format!("cannot read mapping folder: {e}"),
+                }]);
+            }
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            diagnostics.push(Diagnostic {
+                file: dir.to_path_buf(),
+                position: None,
+                key: String::new(),
+                message: "no mapping files (*.toml) found".into(),
+            });
+        }
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        let mut mappings = BTreeMap::new();
+        for file in files {
+            let name = file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+            match std::fs::read_to_string(&file) {
+                Ok(text) => {
+                    hasher.update(name.as_bytes());
+                    hasher.update([0]);
+                    hasher.update(text.as_bytes());
+                    match compile_file(&name, &file, &text) {
+                        Ok(m) => {
+                            mappings.insert(name, Arc::new(m));
+                        }
+                        Err(mut d) => diagnostics.append(&mut d),
+                    }
+                }
+                Err(e) => diagnostics.push(Diagnostic {
+                    file: file.clone(),
+                    position: None,
+                    key: String::new(),
+                    message: format!("cannot read: {e}"),
+                }),
+            }
+        }
+        if !diagnostics.is_empty() {
+            return Err(diagnostics);
+        }
+        let version = hex::encode(hasher.finalize())[..16].to_string();
+        Ok(MappingSet { mappings, version, loaded_at: SystemTime::now(), dir: dir.to_path_buf() })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Mapping>> {
+        self.mappings.get(name)
+    }
+}
+
+/// The currently published mapping set; readers take a snapshot, reloads swap the whole set.
+#[derive(Debug)]
+pub struct MappingRegistry {
+    current: RwLock<Arc<MappingSet>>,
+}
+
+impl MappingRegistry {
+    pub fn new(set: MappingSet) -> Self {
+        MappingRegistry { current: RwLock::new(Arc::new(set)) }
+    }
+
+    pub fn snapshot(&self) -> Arc<MappingSet> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn publish(&self, set: MappingSet) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+    }
+}
+
+/// Finds the 1-based line/column of a key path's last key in the TOML text (best effort: the first line
+/// that defines that key after the lines defining its parents).
+fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
+    let names: Vec<String> = key
+        .split(['.', '['])
+        .filter(|s| !s.is_empty() && !s.ends_with(']'))
+        .map(|s| s.trim_matches('"').to_string())
+        .collect();
+    let mut from = 0;
+    let mut found = None;
+    let lines: Vec<&str> = text.lines().collect();
+    for name in &names {
+        for (i, line) in lines.iter().enumerate().skip(from) {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with('#') {
+                continue;
+            }
+            let hit = trimmed.starts_with(&format!("{name} ="))
+                || trimmed.starts_with(&format!("{name}="))
+                || trimmed.starts_with(&format!("\"{name}\""))
+                || (trimmed.starts_with('[')
+                    && (trimmed.contains(&format!(".{name}]"))
+                        || trimmed.contains(&format!("[{name}]"))
+                        || trimmed.contains(&format!(".{name}."))))
+                || line.contains(&format!(" {name} = "));
+            if hit {
+                let col = line.find(name.as_str()).map(|c| c + 1).unwrap_or(1);
+                found = Some((i + 1, col));
+                from = i;
+                break;
+            }
+        }
+    }
+    found
+}
+
+struct Compiler<'a> {
+    file: &'a Path,
+    text: &'a str,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Compiler<'_> {
+    fn error(&mut self, key: &str, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            position: locate(self.text, key),
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn expression(&mut self, key: &str, text: &str) -> Option<Expression> {
+        Expression::compile(text).map_err(|e| self.error(key, e)).ok()
+    }
+
+    fn text_template(&mut self, key: &str, text: &str) -> Option<TextTemplate> {
+        TextTemplate::compile(text).map_err(|e| self.error(key, e)).ok()
+    }
+
+    fn template(&mut self, key: &str, value: &Value) -> Template {
+        let mut problems = Vec::new();
+        let t = Template::compile(value, key, &mut problems);
+        for (at, message) in problems {
+            self.error(&at, message);
+        }
+        t
+    }
+
+    fn steps(&mut self, key: &str, specs: &[spec::StepSpec], result_needed: Option<StepResult>) -> Vec<Step> {
+        if specs.is_empty() {
+            self.error(key, "at least one step is needed");
+        }
+        let mut steps = Vec::new();
+        for (i, s) in specs.iter().enumerate() {
+            let at = format!("{key}[{i}]");
+            let method = match s.method.to_ascii_uppercase().as_str() {
+                m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE") => Method::from_bytes(m.as_bytes()).ok(),
+                other => {
+                    self.error(
+                        &format!("{at}.method"),
+                        format!("`{other}` is not one of GET, POST, PUT, PATCH, DELETE"),
+                    );
+                    None
+                }
+            };
+            if !s.path.starts_with('/') {
+                self.error(
+                    &format!("{at}.path"),
+                    "the path must start with `/` (it is relative to the connection's base URL)",
+                );
+            }
+            let path = self.text_template(&format!("{at}.path"), &s.path);
+            let query = s
+                .query
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), self.text_template(&format!("{at}.query.{k}"), v)?)))
+                .collect();
+            let headers = s
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), self.text_template(&format!("{at}.headers.{k}"), v)?)))
+                .collect();
+            let body = s.body.as_ref().map(|b| self.template(&format!("{at}.body"), b));
+            let encoding = match s.encoding.as_deref() {
+                None | Some("json") => Encoding::Json,
+                Some("form") => Encoding::Form,
+                Some(other) => {
+                    self.error(&format!("{at}.encoding"), format!("unknown encoding `{other}`; use `json` or `form`"));
+                    Encoding::Json
+                }
+            };
+            if s.expect.is_empty() || s.expect.iter().any(|c| !(100..=599).contains(c)) {
+                self.error(&format!("{at}.expect"), "list the HTTP statuses (100-599) that mean success");
+            }
+            let bind = s
+                .bind
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), self.expression(&format!("{at}.bind.{k}"), v)?)))
+                .collect();
+            let result = match s.result.as_deref() {
+                None => None,
+                Some("resource") => Some(StepResult::Resource),
+                Some("bundle") => Some(StepResult::Bundle),
+                Some("bytes") => Some(StepResult::Bytes),
+                Some(other) => {
+                    self.error(
+                        &format!("{at}.result"),
+                        format!("unknown result `{other}`; use resource, bundle or bytes"),
+                    );
+                    None
+                }
+            };
+            if let (Some(method), Some(path)) = (method, path) {
+                steps.push(Step {
+                    method,
+                    path,
+                    query,
+                    headers,
+                    body,
+                    encoding,
+                    expect: s.expect.clone(),
+                    bind,
+                    result,
+                });
+            }
+        }
+        if let Some(needed) = result_needed {
+            if specs.last().is_some_and(|_| steps.last().and_then(|s| s.result) != Some(needed)) {
+                self.error(
+                    key,
+                    format!("the last step must have `result = \"{}\"`", format!("{needed:?}").to_lowercase()),
+                );
+            }
+        }
+        steps
+    }
+
+    fn interaction(&mut self, key: &str, spec: &spec::InteractionSpec, result: StepResult) -> Interaction {
+        let serialize_writes_by = spec
+            .serialize_writes_by
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| self.expression(&format!("{key}.serialize_writes_by[{i}]"), e))
+            .collect();
+        let mut checks = Vec::new();
+        for (i, c) in spec.checks.iter().enumerate() {
+            let at = format!("{key}.checks[{i}]");
+            let path = self.expression(&format!("{at}.path"), &c.path);
+            let pattern = c
+                .pattern
+                .as_ref()
+                .and_then(|p| Regex::new(p).map_err(|e| self.error(&format!("{at}.pattern"), e.to_string())).ok());
+            let status = match StatusCode::from_u16(c.status.unwrap_or(400)) {
+                Ok(s) if s.is_client_error() => s,
+                _ => {
+                    self.error(&format!("{at}.status"), "a check's status must be a 4xx");
+                    StatusCode::BAD_REQUEST
+                }
+            };
+            let code = self.issue_code(&format!("{at}.code"), c.code.as_deref().unwrap_or("invalid"));
+            if let Some(path) = path {
+                checks.push(Check {
+                    path,
+                    expression: c.expression.clone(),
+                    required: c.required,
+                    one_of: c.one_of.clone(),
+                    pattern,
+                    status,
+                    code,
+                    message: c.message.clone(),
+                });
+            }
+        }
+        let steps = self.steps(&format!("{key}.steps"), &spec.steps, Some(result));
+        Interaction { serialize_writes_by, checks, steps }
+    }
+
+    fn issue_code(&mut self, key: &str, code: &str) -> IssueCode {
+        IssueCode::parse(code).unwrap_or_else(|| {
+            let known = [
+                "invalid",
+                "required",
+                "not-found",
+                "not-supported",
+                "business-rule",
+                "conflict",
+                "security",
+                "forbidden",
+                "throttled",
+                "timeout",
+                "transient",
+                "exception",
+            ];
+            let hint = suggest(code, known.into_iter());
+            self.error(key, format!("unknown OperationOutcome code `{code}`{hint}"));
+            IssueCode::Exception
+        })
+    }
+}
+
+/// Parses and compiles one mapping file.
+pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<Mapping, Vec<Diagnostic>> {
+    let spec: spec::MappingFile = match toml::from_str(text) {
+        Ok(s) => s,
+        Err(e) => {
+            let position = e.span().map(|span| line_col(text, span.start));
+            return Err(vec![Diagnostic {
+                file: file.to_path_buf(),
+                position,
+                key: String::new(),
+                message: e.message().to_string(),
+            }]);
+        }
+    };
+    let mut c = Compiler { file, text, diagnostics: Vec::new() };
+    if spec.auth.flow != "client_credentials" {
+        c.error("auth.flow", format!("unknown auth flow `{}`; supported: client_credentials", spec.auth.flow));
+    }
+    let client_auth = match spec.auth.client_auth.as_str() {
+        "form" => ClientAuth::Form,
+        "basic" => ClientAuth::Basic,
+        other => {
+            c.error("auth.client_auth", format!("unknown client_auth `{other}`; use `form` or `basic`"));
+            ClientAuth::Form
+        }
+    };
+    for key in spec.unsupported.keys() {
+        if !INTERACTIONS.contains(&key.as_str()) {
+            let hint = suggest(key, INTERACTIONS.iter().copied());
+            c.error(&format!("unsupported.{key}"), format!("unknown interaction `{key}`{hint}"));
+        }
+    }
+    if !spec.categories.contains_key(&spec.default_category) {
+        c.error("default_category", format!("`{}` is not one of the categories defined below", spec.default_category));
+    }
+    let mut categories = BTreeMap::new();
+    for (cname, cs) in &spec.categories {
+        let at = format!("categories.{cname}");
+        let id = match IdTemplate::compile(&cs.id) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                c.error(&format!("{at}.id"), e);
+                None
+            }
+        };
+        if let Some(id) = &id {
+            for var in id.variables() {
+                if !cs.resource.bind.contains_key(var) {
+                    c.error(
+                        &format!("{at}.resource.bind"),
+                        format!("the id template uses `{{{var}}}` but `bind` does not define `{var}`"),
+                    );
+                }
+            }
+        }
+        let bind = cs
+            .resource
+            .bind
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), c.expression(&format!("{at}.resource.bind.{k}"), v)?)))
+            .collect();
+        let template = c.template(&format!("{at}.resource.template"), &cs.resource.template);
+        let create = cs.create.as_ref().map(|i| c.interaction(&format!("{at}.create"), i, StepResult::Resource));
+        let read = cs.read.as_ref().map(|i| c.interaction(&format!("{at}.read"), i, StepResult::Resource));
+        let content = cs.content.as_ref().map(|i| c.interaction(&format!("{at}.content"), i, StepResult::Bytes));
+        let search = cs.search.as_ref().map(|s| {
+            let sat = format!("{at}.search");
+            let params = s
+                .params
+                .iter()
+                .filter_map(|(k, v)| {
+                    if !crate::frontdoor::SEARCH_PARAMS.contains(&k.as_str()) {
+                        let hint = suggest(k, crate::frontdoor::SEARCH_PARAMS.iter().copied());
+                        c.error(
+                            &format!("{sat}.params.{k}"),
+                            format!("`{k}` is not a FHIR Media search parameter{hint}"),
+                        );
+                    }
+                    Some((k.clone(), c.expression(&format!("{sat}.params.{k}"), v)?))
+                })
+                .collect();
+            for p in &s.require_one_of {
+                if !s.params.contains_key(p) {
+                    c.error(&format!("{sat}.require_one_of"), format!("`{p}` is not in `params`"));
+                }
+            }
+            if s.count.default == 0 || s.count.default > s.count.max {
+                c.error(&format!("{sat}.count"), "need 0 < default <= max");
+            }
+            let steps = c.steps(&format!("{sat}.steps"), &s.steps, Some(StepResult::Bundle));
+            let entries = c.expression(&format!("{sat}.entries"), &s.entries);
+            let total = s.total.as_ref().and_then(|t| c.expression(&format!("{sat}.total"), t));
+            let next = s.next.as_ref().and_then(|t| c.expression(&format!("{sat}.next"), t));
+            Search {
+                params,
+                require_one_of: s.require_one_of.clone(),
+                count_default: s.count.default,
+                count_max: s.count.max,
+                steps,
+                entries: entries.unwrap_or_else(|| Expression::compile("$.none").expect("constant path compiles")),
+                total,
+                next,
+            }
+        });
+        if let Some(id) = id {
+            categories.insert(
+                cname.clone(),
+                Category {
+                    name: cname.clone(),
+                    description: cs.description.clone(),
+                    id,
+                    bind,
+                    template,
+                    create,
+                    read,
+                    search,
+                    content,
+                },
+            );
+        }
+    }
+    let mut errors = Vec::new();
+    for (i, r) in spec.errors.iter().enumerate() {
+        let at = format!("errors[{i}]");
+        let status = match (r.status.parse::<u16>(), r.status.strip_suffix("xx").and_then(|c| c.parse::<u16>().ok())) {
+            (Ok(s), _) if (100..=599).contains(&s) => Some(StatusMatch::Exact(s)),
+            (_, Some(class)) if (1..=5).contains(&class) => Some(StatusMatch::Class(class)),
+            _ => {
+                c.error(&format!("{at}.status"), format!("`{}` is neither a status (404) nor a class (5xx)", r.status));
+                None
+            }
+        };
+        let gateway_status = StatusCode::from_u16(r.gateway_status).ok().filter(|s| s.as_u16() >= 400);
+        if gateway_status.is_none() {
+            c.error(&format!("{at}.gateway_status"), "must be an HTTP error status (400-599)");
+        }
+        let code = c.issue_code(&format!("{at}.code"), &r.code);
+        let message = c.text_template(&format!("{at}.message"), &r.message);
+        if let (Some(status), Some(gateway_status), Some(message)) = (status, gateway_status, message) {
+            errors.push(ErrorRule { status, gateway_status, code, retryable: r.retryable, message });
+        }
+    }
+    if !c.diagnostics.is_empty() {
+        return Err(c.diagnostics);
+    }
+    Ok(Mapping {
+        name: name.to_string(),
+        ehr: spec.ehr,
+        display_name: spec.display_name,
+        default_category: spec.default_category,
+        auth: Auth {
+            client_auth,
+            scope: spec.auth.scope,
+            refresh_before_expiry_secs: spec.auth.refresh_before_expiry_secs,
+        },
+        unsupported: spec.unsupported,
+        categories,
+        errors,
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_mappings_compile() {
+        let set = MappingSet::load_dir(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings")))
+            .unwrap_or_else(|d| panic!("{}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")));
+        let canvas = set.get("canvas").expect("canvas mapping");
+        assert_eq!(canvas.display_name, "Canvas Medical");
+        assert!(canvas.category(&canvas.default_category).is_some());
+        assert_eq!(set.version.len(), 16);
+    }
+
+    #[test]
+    fn all_mistakes_are_reported_with_lines() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/canvas.toml")).unwrap();
+        let broken = text
+            .replacen("| location_id", "| location_idd", 1)
+            .replacen("entries = \"$.entry[*].resource\"", "entries = \"$.entry[*.resource\"", 1)
+            .replacen("code = \"not-found\"", "code = \"notfound\"", 1);
+        let d = compile_file("canvas", Path::new("canvas.toml"), &broken).unwrap_err();
+        let all = d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n");
+        assert!(all.contains("unknown transform `location_idd`; did you mean `location_id`?"), "{all}");
+        assert!(all.contains("bad JSONPath"), "{all}");
+        assert!(all.contains("unknown OperationOutcome code `notfound`; did you mean `not-found`?"), "{all}");
+        assert_eq!(d.len(), 3, "{all}");
+        for diag in &d {
+            let (line, _) = diag.position.expect("position");
+            let text_line = broken.lines().nth(line - 1).unwrap();
+            assert!(
+                ["location_idd", "$.entry[*.resource", "notfound"].iter().any(|n| text_line.contains(n)),
+                "{diag} points at `{text_line}`"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_line() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/canvas.toml")).unwrap();
+        let broken = text.replacen("default_category =", "colour = \"blue\"\ndefault_category =", 1);
+        let d = compile_file("canvas", Path::new("canvas.toml"), &broken).unwrap_err();
+        assert!(d[0].message.contains("unknown field `colour`"), "{:?}", d);
+        let (line, _) = d[0].position.unwrap();
+        assert!(broken.lines().nth(line - 1).unwrap().contains("colour"));
+    }
+}

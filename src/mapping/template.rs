@@ -1,0 +1,385 @@
+//! Mapping expressions and templates, compiled once at load and rendered purely against a scope.
+//!
+//! * An **expression** is a source followed by transforms: `$.subject.reference | strip_reference(Patient)`.
+//!   Sources: a JSONPath into the current document (`$…`), a header (`header.Location`) or a variable
+//!   (`media_id`). A JSONPath that can select several nodes (wildcards, filters, slices, `..`) yields an
+//!   array; a definite one yields the node or nothing.
+//! * A **template** is JSON whose strings are rendered: `"$…"` is an expression giving any JSON value;
+//!   text with `{expression}` parts is interpolated (`"cv.{media_id}"`); other text is literal (`{{` and
+//!   `}}` escape braces). A field whose value renders to nothing is omitted, and so is an object or array
+//!   left empty by that.
+
+use std::collections::BTreeMap;
+
+use http::HeaderMap;
+use jsonpath_rust::parser::model::JpQuery;
+use jsonpath_rust::parser::parse_json_path;
+use jsonpath_rust::query::js_path_process;
+use serde_json::{Map, Value};
+
+use super::ids::IdTemplate;
+use super::transform::{self, TransformContext};
+
+/// What expressions read from.
+pub struct Scope<'a> {
+    pub document: &'a Value,
+    pub vars: &'a BTreeMap<String, Value>,
+    pub headers: Option<&'a HeaderMap>,
+    pub id_template: Option<&'a IdTemplate>,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    Path { query: Box<JpQuery>, definite: bool },
+    Header(String),
+    Var(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Expression {
+    text: String,
+    source: Source,
+    transforms: Vec<(String, Option<String>)>,
+}
+
+impl Expression {
+    pub fn compile(text: &str) -> Result<Self, String> {
+        let mut pieces = split_pipes(text).into_iter();
+        let head = pieces.next().unwrap_or_default();
+        let head = head.trim();
+        let source = if head.starts_with('$') {
+            let query = parse_json_path(head).map_err(|e| format!("bad JSONPath `{head}`: {e}"))?;
+            let definite = !head.contains('*')
+                && !head.contains("..")
+                && !head.contains('?')
+                && !head.contains(':')
+                && !head.contains(',');
+            Source::Path { query: Box::new(query), definite }
+        } else if let Some(name) = head.strip_prefix("header.") {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(format!("`{head}` is not a header name"));
+            }
+            Source::Header(name.to_string())
+        } else if !head.is_empty() && head.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            Source::Var(head.to_string())
+        } else {
+            return Err(format!("`{head}` is neither a JSONPath (`$…`), a header (`header.Name`) nor a variable name"));
+        };
+        let mut transforms = Vec::new();
+        for piece in pieces {
+            let piece = piece.trim();
+            let (name, arg) = match piece.find('(') {
+                Some(open) if piece.ends_with(')') => {
+                    (&piece[..open], Some(piece[open + 1..piece.len() - 1].trim().to_string()))
+                }
+                Some(_) => return Err(format!("`{piece}`: a transform argument needs a closing `)`")),
+                None => (piece, None),
+            };
+            match transform::exists(name) {
+                None => {
+                    let hint = suggest(name, transform::TRANSFORMS.iter().map(|t| t.0));
+                    return Err(format!("unknown transform `{name}`{hint}"));
+                }
+                Some(true) if arg.as_deref().is_none_or(str::is_empty) => {
+                    return Err(format!("transform `{name}` needs an argument: `{name}(…)`"));
+                }
+                Some(false) if arg.is_some() => return Err(format!("transform `{name}` takes no argument")),
+                _ => {}
+            }
+            transforms.push((name.to_string(), arg));
+        }
+        Ok(Expression { text: text.to_string(), source, transforms })
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The variable this expression reads, if its source is a variable.
+    pub fn variable(&self) -> Option<&str> {
+        match &self.source {
+            Source::Var(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Evaluates to a value, or `None` when the source has nothing. Errors come from transforms.
+    pub fn eval(&self, scope: &Scope) -> Result<Option<Value>, String> {
+        let mut value = match &self.source {
+            Source::Path { query, definite } => {
+                let found = js_path_process(query, scope.document).map_err(|e| e.to_string())?;
+                let values: Vec<Value> = found.into_iter().map(|r| r.val().clone()).filter(|v| !v.is_null()).collect();
+                if *definite {
+                    values.into_iter().next()
+                } else if values.is_empty() {
+                    None
+                } else {
+                    Some(Value::Array(values))
+                }
+            }
+            Source::Header(name) => scope
+                .headers
+                .and_then(|h| h.get(name.as_str()))
+                .and_then(|v| v.to_str().ok())
+                .map(|s| Value::String(s.to_string())),
+            Source::Var(name) => scope.vars.get(name).cloned(),
+        };
+        let ctx = TransformContext { id_template: scope.id_template };
+        for (name, arg) in &self.transforms {
+            let Some(input) = value else { return Ok(None) };
+            value = transform::apply(name, arg.as_deref(), &input, &ctx)?;
+        }
+        Ok(value)
+    }
+
+    pub fn eval_string(&self, scope: &Scope) -> Result<Option<String>, String> {
+        Ok(match self.eval(scope)? {
+            None => None,
+            Some(Value::String(s)) => Some(s),
+            Some(v @ (Value::Number(_) | Value::Bool(_))) => Some(v.to_string()),
+            Some(_) => return Err(format!("`{}` gives a list or object where text is needed", self.text)),
+        })
+    }
+}
+
+/// Splits on `|` that are outside brackets, quotes and parentheses (JSONPath filters may hold `||`).
+fn split_pipes(text: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let (mut depth, mut quote) = (0i32, None::<char>);
+    for c in text.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '[' | '(') => depth += 1,
+            (None, ']' | ')') => depth -= 1,
+            (None, '|') if depth == 0 => {
+                out.push(String::new());
+                continue;
+            }
+            _ => {}
+        }
+        if let Some(last) = out.last_mut() {
+            last.push(c);
+        }
+    }
+    out
+}
+
+/// `; did you mean `x`?` when a known name is close to the typed one.
+pub fn suggest<'a>(typed: &str, known: impl Iterator<Item = &'a str>) -> String {
+    known
+        .map(|k| (edit_distance(typed, k), k))
+        .filter(|(d, k)| *d <= 3.max(k.len() / 3))
+        .min()
+        .map(|(_, k)| format!("; did you mean `{k}`?"))
+        .unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[derive(Debug, Clone)]
+enum TextPart {
+    Literal(String),
+    Expr(Expression),
+}
+
+/// A string with `{expression}` parts.
+#[derive(Debug, Clone)]
+pub struct TextTemplate {
+    parts: Vec<TextPart>,
+}
+
+impl TextTemplate {
+    pub fn compile(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut chars = text.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '{' if chars.peek().map(|p| p.1) == Some('{') => {
+                    chars.next();
+                    literal.push('{');
+                }
+                '}' if chars.peek().map(|p| p.1) == Some('}') => {
+                    chars.next();
+                    literal.push('}');
+                }
+                '{' => {
+                    let rest = &text[i + 1..];
+                    let end = rest.find('}').ok_or_else(|| format!("unclosed `{{` in `{text}`"))?;
+                    if !literal.is_empty() {
+                        parts.push(TextPart::Literal(std::mem::take(&mut literal)));
+                    }
+                    parts.push(TextPart::Expr(Expression::compile(&rest[..end])?));
+                    for _ in 0..rest[..end].chars().count() + 1 {
+                        chars.next();
+                    }
+                }
+                '}' => return Err(format!("stray `}}` in `{text}`; write `}}}}` for a literal brace")),
+                c => literal.push(c),
+            }
+        }
+        if !literal.is_empty() {
+            parts.push(TextPart::Literal(literal));
+        }
+        Ok(TextTemplate { parts })
+    }
+
+    /// Renders; `None` when any part has no value.
+    pub fn render(&self, scope: &Scope) -> Result<Option<String>, String> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                TextPart::Literal(l) => out.push_str(l),
+                TextPart::Expr(e) => match e.eval_string(scope)? {
+                    Some(s) => out.push_str(&s),
+                    None => return Ok(None),
+                },
+            }
+        }
+        Ok(Some(out))
+    }
+
+    pub fn expressions(&self) -> impl Iterator<Item = &Expression> {
+        self.parts.iter().filter_map(|p| match p {
+            TextPart::Expr(e) => Some(e),
+            TextPart::Literal(_) => None,
+        })
+    }
+}
+
+/// A JSON template (see the module docs).
+#[derive(Debug, Clone)]
+pub enum Template {
+    Literal(Value),
+    Expr(Expression),
+    Text(TextTemplate),
+    Object(Vec<(String, Template)>),
+    Array(Vec<Template>),
+}
+
+impl Template {
+    /// Compiles, collecting every problem with its location inside the template (`a.b[2]`).
+    pub fn compile(value: &Value, at: &str, problems: &mut Vec<(String, String)>) -> Template {
+        match value {
+            Value::String(s) if s.starts_with('$') => match Expression::compile(s) {
+                Ok(e) => Template::Expr(e),
+                Err(e) => {
+                    problems.push((at.to_string(), e));
+                    Template::Literal(Value::Null)
+                }
+            },
+            Value::String(s) if s.contains('{') || s.contains('}') => match TextTemplate::compile(s) {
+                Ok(t) => Template::Text(t),
+                Err(e) => {
+                    problems.push((at.to_string(), e));
+                    Template::Literal(Value::Null)
+                }
+            },
+            Value::Object(map) => Template::Object(
+                map.iter().map(|(k, v)| (k.clone(), Template::compile(v, &format!("{at}.{k}"), problems))).collect(),
+            ),
+            Value::Array(items) => Template::Array(
+                items.iter().enumerate().map(|(i, v)| Template::compile(v, &format!("{at}[{i}]"), problems)).collect(),
+            ),
+            other => Template::Literal(other.clone()),
+        }
+    }
+
+    pub fn render(&self, scope: &Scope) -> Result<Option<Value>, String> {
+        Ok(match self {
+            Template::Literal(v) => Some(v.clone()),
+            Template::Expr(e) => e.eval(scope)?,
+            Template::Text(t) => t.render(scope)?.map(Value::String),
+            Template::Object(fields) => {
+                let mut map = Map::new();
+                for (k, t) in fields {
+                    if let Some(v) = t.render(scope)? {
+                        map.insert(k.clone(), v);
+                    }
+                }
+                (!map.is_empty()).then_some(Value::Object(map))
+            }
+            Template::Array(items) => {
+                let mut out = Vec::new();
+                for t in items {
+                    if let Some(v) = t.render(scope)? {
+                        out.push(v);
+                    }
+                }
+                (!out.is_empty()).then_some(Value::Array(out))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render(template: Value, doc: Value, vars: &[(&str, Value)]) -> Option<Value> {
+        let mut problems = Vec::new();
+        let t = Template::compile(&template, "t", &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let vars: BTreeMap<String, Value> = vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        t.render(&Scope { document: &doc, vars: &vars, headers: None, id_template: None }).unwrap()
+    }
+
+    #[test]
+    fn renders_paths_interpolation_literals_and_drops_missing_fields() {
+        let out = render(
+            json!({"resourceType": "Media", "id": "cv.{$.id}", "status": "$.status", "subject": {"reference": "$.subject.reference"}, "encounter": {"reference": "$.encounter.reference"}, "url": "{base}/Media/{{x}}"}),
+            json!({"id": "u1", "status": "completed", "subject": {"reference": "Patient/1"}}),
+            &[("base", json!("http://g"))],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            json!({"resourceType": "Media", "id": "cv.u1", "status": "completed", "subject": {"reference": "Patient/1"}, "url": "http://g/Media/{x}"})
+        );
+    }
+
+    #[test]
+    fn indefinite_paths_give_arrays_and_filters_work() {
+        let doc = json!({"extension": [{"url": "a", "valueId": "1"}, {"url": "b", "valueUri": "x"}], "link": [{"relation": "next", "url": "/n"}]});
+        let out =
+            render(json!({"ext": "$.extension[?@.url=='a']", "next": "$.link[?@.relation=='next'].url"}), doc, &[])
+                .unwrap();
+        assert_eq!(out, json!({"ext": [{"url": "a", "valueId": "1"}], "next": ["/n"]}));
+    }
+
+    #[test]
+    fn transforms_apply_in_order_and_report_bad_input() {
+        let out =
+            render(json!({"p": "{patient | reference(Patient)}"}), json!({}), &[("patient", json!("123"))]).unwrap();
+        assert_eq!(out, json!({"p": "Patient/123"}));
+        let e = Expression::compile("patient | reference(Patient)").unwrap();
+        let vars = [("patient".to_string(), json!("Practitioner/1"))].into();
+        assert!(e.eval(&Scope { document: &json!({}), vars: &vars, headers: None, id_template: None }).is_err());
+    }
+
+    #[test]
+    fn compile_errors_say_what_is_wrong_with_a_hint() {
+        let err = Expression::compile("$.a | date_mmddyyyy").unwrap_err();
+        assert!(err.contains("did you mean `date_to_mmddyyyy`"), "{err}");
+        assert!(Expression::compile("$.a[").unwrap_err().contains("bad JSONPath"));
+        assert!(Expression::compile("$.a | reference").unwrap_err().contains("needs an argument"));
+        let mut problems = Vec::new();
+        Template::compile(&json!({"a": "$..[", "b": ["{x"]}), "body", &mut problems);
+        let at: Vec<&str> = problems.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(at, ["body.a", "body.b[0]"]);
+    }
+}

@@ -1,0 +1,233 @@
+//! Builds the gateway from a validated config — simulators for sandbox connections, upstream clients,
+//! the mapping set, the tower stack — and serves it over HTTP/1.1 with hyper.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::util::BoxCloneService;
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::body;
+use crate::config::{Config, Secret};
+use crate::mapping::{MappingRegistry, MappingSet};
+use crate::middleware::auth::AuthLayer;
+use crate::middleware::authorize::AuthorizeLayer;
+use crate::middleware::body_limit::BodyLimitLayer;
+use crate::middleware::edge::EdgeLayer;
+use crate::middleware::organization::OrganizationLayer;
+use crate::middleware::request_id::RequestIdLayer;
+use crate::middleware::timeout::TimeoutLayer;
+use crate::middleware::trace::TraceLayer;
+use crate::middleware::{GatewayRequest, GatewayResponse};
+use crate::sim::canvas::{CanvasSim, CanvasSimConfig, CanvasSimHandle};
+use crate::state::{AppState, CreatedLog, Directory};
+use crate::upstream::token::{TokenCache, TokenSource};
+use crate::upstream::transport::{ReqwestTransport, Transport};
+use crate::upstream::{ClientSettings, UpstreamClient};
+
+pub type GatewayService = BoxCloneService<GatewayRequest, GatewayResponse, Infallible>;
+
+/// A simulator started for a sandbox connection.
+#[derive(Clone)]
+pub enum Simulator {
+    Canvas(CanvasSimHandle),
+}
+
+/// A running gateway.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    /// Simulators by connection name.
+    pub simulators: HashMap<String, Simulator>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Running {
+    pub fn canvas_sim(&self, connection: &str) -> Option<&CanvasSimHandle> {
+        match self.simulators.get(connection)? {
+            Simulator::Canvas(h) => Some(h),
+        }
+    }
+
+    /// Stops accepting connections and stops the simulators.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        for sim in self.simulators.values() {
+            match sim {
+                Simulator::Canvas(h) => h.shutdown(),
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The tower stack around the front door (see `middleware`).
+pub fn build_service(state: Arc<AppState>) -> GatewayService {
+    let config = &state.config;
+    let router_state = state.clone();
+    let router = tower::service_fn(move |req: GatewayRequest| crate::frontdoor::handle(router_state.clone(), req));
+    let stack = ServiceBuilder::new()
+        .layer(RequestIdLayer)
+        .layer(EdgeLayer)
+        .layer(TraceLayer)
+        .layer(BodyLimitLayer::new(usize::try_from(config.server.body_limit_bytes).unwrap_or(usize::MAX)))
+        .layer(TimeoutLayer::new(Duration::from_millis(config.server.request_timeout_ms)))
+        .layer(AuthLayer::new(&config.clients))
+        .layer(OrganizationLayer::new(state.directory.clone()))
+        .layer(AuthorizeLayer)
+        .service(router);
+    BoxCloneService::new(stack)
+}
+
+/// Builds the state: starts simulators, creates one upstream client per connection, loads mappings.
+pub async fn build_state(config: Config) -> Result<(Arc<AppState>, HashMap<String, Simulator>), String> {
+    let set = MappingSet::load_dir(&config.server.mappings_dir).map_err(|diagnostics| {
+        let lines: Vec<String> = diagnostics.iter().map(|d| format!("  - {d}")).collect();
+        format!("mapping set has {} problem(s):\n{}", diagnostics.len(), lines.join("\n"))
+    })?;
+    let mut problems = Vec::new();
+    for (i, org) in config.organizations.iter().enumerate() {
+        match set.get(&org.mapping) {
+            None => problems.push(format!(
+                "organizations[{i}].mapping: no mapping `{}` in {}",
+                org.mapping,
+                set.dir.display()
+            )),
+            Some(m) => {
+                if let Some(c) = config.connections.get(&org.connection) {
+                    if c.ehr != m.ehr {
+                        problems.push(format!(
+                            "organizations[{i}]: connection `{}` is {} but mapping `{}` is for {}",
+                            org.connection, c.ehr, org.mapping, m.ehr
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(format!("configuration does not fit the mappings:\n  - {}", problems.join("\n  - ")));
+    }
+
+    let mut simulators = HashMap::new();
+    let mut clients = HashMap::new();
+    for (name, conn) in &config.connections {
+        let mapping = set
+            .mappings
+            .values()
+            .find(|m| m.ehr == conn.ehr)
+            .ok_or_else(|| format!("no mapping for EHR `{}`", conn.ehr))?;
+        let (base_url, token_url, client_id, client_secret) = if conn.simulator {
+            match conn.ehr.as_str() {
+                "canvas" => {
+                    let sim_config = CanvasSimConfig::default();
+                    let (id, secret) = (sim_config.client_id.clone(), sim_config.client_secret.clone());
+                    let handle = CanvasSim::start(sim_config)
+                        .await
+                        .map_err(|e| format!("cannot start the Canvas simulator: {e}"))?;
+                    tracing::info!(connection = %name, fhir_base = %handle.fhir_base(), "started Canvas simulator");
+                    let urls = (handle.fhir_base(), handle.token_url());
+                    simulators.insert(name.clone(), Simulator::Canvas(handle));
+                    (urls.0, urls.1, id, Secret::new(secret))
+                }
+                other => return Err(format!("no simulator for EHR `{other}`")),
+            }
+        } else {
+            let secret = conn.client_secret.as_ref().ok_or("client_secret missing")?.resolve()?;
+            (
+                conn.base_url.clone().unwrap_or_default(),
+                conn.token_url.clone().unwrap_or_default(),
+                conn.client_id.clone().unwrap_or_default(),
+                secret,
+            )
+        };
+        let transport: Arc<dyn Transport> =
+            Arc::new(ReqwestTransport::new(Duration::from_millis(conn.connect_timeout_ms))?);
+        let timeout = Duration::from_millis(conn.timeout_ms);
+        let tokens = TokenCache::new(
+            TokenSource {
+                ehr: mapping.display_name.clone(),
+                token_url,
+                client_id,
+                client_secret,
+                client_auth: mapping.auth.client_auth,
+                scope: mapping.auth.scope.clone(),
+                refresh_before: Duration::from_secs(mapping.auth.refresh_before_expiry_secs),
+                timeout,
+            },
+            transport.clone(),
+        );
+        let settings = ClientSettings {
+            name: name.clone(),
+            ehr: mapping.display_name.clone(),
+            base_url: base_url.trim_end_matches('/').to_string(),
+            timeout,
+            max_concurrency: conn.max_concurrency,
+            max_attempts: conn.max_attempts,
+            serialize_writes: conn.serialize_writes,
+        };
+        clients.insert(name.clone(), Arc::new(UpstreamClient::new(settings, transport, tokens)));
+    }
+    let state = AppState {
+        directory: Arc::new(Directory::from_config(&config)),
+        registry: Arc::new(MappingRegistry::new(set)),
+        clients,
+        public_base: config.public_base_url(),
+        created: CreatedLog::default(),
+        config,
+    };
+    Ok((Arc::new(state), simulators))
+}
+
+type CallFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<GatewayResponse, Infallible>> + Send>>;
+
+/// Boxing here, outside the accept loop's async block, gives the compiler a concrete future type to
+/// prove `Send` for (it cannot for the boxed-error body type inside a generic async block).
+fn call(service: GatewayService, req: Request<Incoming>) -> CallFuture {
+    Box::pin(service.oneshot(req.map(body::boxed)))
+}
+
+/// Binds, builds and starts serving in the background.
+pub async fn start(mut config: Config) -> Result<Running, String> {
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // With port 0 the real port is known only now; links must use it.
+    config.server.listen = addr;
+    let (state, simulators) = build_state(config).await?;
+    let service = build_service(state.clone());
+    let (shutdown, mut stop) = watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.changed() => break,
+            };
+            let Ok((stream, _)) = accepted else { continue };
+            let service = service.clone();
+            tokio::spawn(async move {
+                let hyper_service =
+                    hyper::service::service_fn(move |req: Request<Incoming>| call(service.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), hyper_service)
+                    .await;
+            });
+        }
+    });
+    tracing::info!(%addr, "ehr-gateway listening");
+    Ok(Running { addr, state, simulators, shutdown })
+}

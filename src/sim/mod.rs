@@ -1,0 +1,4 @@
+//! In-process simulators of the EHR APIs the gateway fronts, real HTTP servers on loopback.
+
+pub mod canvas;
+mod support;

@@ -1,0 +1,219 @@
+//! All I/O to EHRs: tokens, timeouts, retries, per-connection concurrency and per-key write serialization.
+//!
+//! The upstream client drives a pure [`Run`](crate::mapping::engine::Run) — it sends what the run asks
+//! for and feeds back what the EHR said. It never sees the front door's HTTP types.
+
+pub mod lock;
+pub mod retry;
+pub mod token;
+pub mod transport;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::sync::Semaphore;
+
+use crate::config::Secret;
+use crate::error::{GatewayError, IssueCode, Side};
+use crate::mapping::engine::{Outcome, Run, UpstreamRequest, UpstreamResponse};
+use lock::KeyedLocks;
+use retry::{Attempt, retry_delay};
+use token::TokenCache;
+use transport::{HttpRequest, StreamingResponse, Transport, TransportError};
+
+/// Settings of one connection's client.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub name: String,
+    /// The EHR's display name, used in error messages.
+    pub ehr: String,
+    pub base_url: String,
+    pub timeout: Duration,
+    pub max_concurrency: usize,
+    pub max_attempts: u32,
+    pub serialize_writes: bool,
+}
+
+pub struct UpstreamClient {
+    settings: ClientSettings,
+    transport: Arc<dyn Transport>,
+    tokens: TokenCache,
+    permits: Semaphore,
+    write_locks: KeyedLocks,
+    serialize_writes: AtomicBool,
+}
+
+impl UpstreamClient {
+    pub fn new(settings: ClientSettings, transport: Arc<dyn Transport>, tokens: TokenCache) -> Self {
+        UpstreamClient {
+            permits: Semaphore::new(settings.max_concurrency),
+            serialize_writes: AtomicBool::new(settings.serialize_writes),
+            settings,
+            transport,
+            tokens,
+            write_locks: KeyedLocks::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &ClientSettings {
+        &self.settings
+    }
+
+    pub fn token_fetches(&self) -> u64 {
+        self.tokens.fetch_count()
+    }
+
+    /// Turns per-key write serialization on or off (tests prove the EHR loses writes without it).
+    pub fn set_serialize_writes(&self, on: bool) {
+        self.serialize_writes.store(on, Ordering::SeqCst);
+    }
+
+    fn side(&self) -> Side {
+        Side::Upstream(self.settings.ehr.clone())
+    }
+
+    /// Drives a mapping run to its outcome. Writes with a serialization key hold that key's lock
+    /// for the whole run, so the next write to the same encounter starts only after this one's 201.
+    pub async fn run(&self, run: &mut Run<'_>) -> Result<Outcome, GatewayError> {
+        let _guard = match run.serialize_key() {
+            Some(key) if self.serialize_writes.load(Ordering::SeqCst) => Some(self.write_locks.lock(&key).await),
+            _ => None,
+        };
+        loop {
+            let request = run.next_request()?;
+            let response = self.execute(&request).await?;
+            if let Some(outcome) = run.on_response(&response)? {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    /// Opens the content stream of a run whose single step yields bytes.
+    pub async fn stream(&self, run: &Run<'_>) -> Result<StreamingResponse, GatewayError> {
+        let request = run.next_request()?;
+        let _permit = self.permits.acquire().await.map_err(|_| GatewayError::gateway("connection closed"))?;
+        let mut refreshed = false;
+        loop {
+            let token = self.tokens.get().await?;
+            let response = self
+                .transport
+                .stream(self.http_request(&request, &token))
+                .await
+                .map_err(|e| self.transport_error(e, true))?;
+            if response.status == 401 && !refreshed {
+                refreshed = true;
+                self.tokens.invalidate(&token).await;
+                continue;
+            }
+            return Ok(response);
+        }
+    }
+
+    fn http_request(&self, request: &UpstreamRequest, token: &Secret) -> HttpRequest {
+        let mut url = format!("{}{}", self.settings.base_url, request.path);
+        if !request.query.is_empty() {
+            let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(&request.query).finish();
+            url.push('?');
+            url.push_str(&query);
+        }
+        let mut headers = request.headers.clone();
+        headers.push(("authorization".into(), format!("Bearer {}", token.expose())));
+        headers.push(("accept".into(), "application/json".into()));
+        if let Some(ct) = request.content_type {
+            headers.push(("content-type".into(), ct.into()));
+        }
+        HttpRequest {
+            method: request.method.clone(),
+            url,
+            headers,
+            body: request.body.clone(),
+            timeout: self.settings.timeout,
+        }
+    }
+
+    /// Sends one request with auth, the concurrency limit, one refresh on 401 and safe retries.
+    pub async fn execute(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, GatewayError> {
+        let _permit = self.permits.acquire().await.map_err(|_| GatewayError::gateway("connection closed"))?;
+        let idempotent = request.is_idempotent();
+        let mut refreshed = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let token = self.tokens.get().await?;
+            let result = self.transport.send(self.http_request(request, &token)).await;
+            let outcome = match &result {
+                Ok(r) if r.status == 401 && !refreshed => {
+                    // A 401 means the EHR did not act on the request, so even a create may be resent once.
+                    refreshed = true;
+                    attempt -= 1;
+                    self.tokens.invalidate(&token).await;
+                    continue;
+                }
+                Ok(r) => Attempt::Status {
+                    status: r.status,
+                    retry_after: r
+                        .headers
+                        .get(http::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| retry::parse_retry_after(v, std::time::SystemTime::now())),
+                },
+                Err(e) => Attempt::Failed(e.clone()),
+            };
+            let retryable_status =
+                matches!(&outcome, Attempt::Status { status, .. } if *status == 429 || *status >= 500);
+            if matches!(outcome, Attempt::Failed(_)) || retryable_status {
+                if let Some(delay) = retry_delay(&outcome, idempotent, attempt, self.settings.max_attempts) {
+                    tracing::debug!(connection = %self.settings.name, attempt, delay_ms = delay.as_millis() as u64, "retrying upstream request");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            }
+            return result.map_err(|e| self.transport_error(e, idempotent));
+        }
+    }
+
+    fn transport_error(&self, error: TransportError, idempotent: bool) -> GatewayError {
+        let ehr = &self.settings.ehr;
+        match error {
+            TransportError::Timeout if !idempotent => GatewayError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                IssueCode::Timeout,
+                self.side(),
+                format!(
+                    "{ehr} did not answer in time; the write may or may not have happened, so search before sending it again"
+                ),
+            ),
+            TransportError::Timeout => GatewayError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                IssueCode::Timeout,
+                self.side(),
+                format!("{ehr} did not answer in time"),
+            )
+            .retryable(true),
+            TransportError::Connect => GatewayError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                IssueCode::Transient,
+                self.side(),
+                format!("{ehr} could not be reached"),
+            )
+            .retryable(true),
+            TransportError::Broken if !idempotent => GatewayError::new(
+                StatusCode::BAD_GATEWAY,
+                IssueCode::Exception,
+                self.side(),
+                format!(
+                    "the connection to {ehr} broke; the write may or may not have happened, so search before sending it again"
+                ),
+            ),
+            TransportError::Broken => GatewayError::new(
+                StatusCode::BAD_GATEWAY,
+                IssueCode::Transient,
+                self.side(),
+                format!("the connection to {ehr} broke"),
+            )
+            .retryable(true),
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The wire under the upstream client: one trait, a reqwest implementation, and the errors that matter
+//! for retry decisions (did the request possibly reach the EHR or not).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http::{HeaderMap, Method};
+
+use crate::mapping::engine::UpstreamResponse;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// A fully resolved HTTP request.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub method: Method,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Bytes>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportError {
+    /// The connection was never established: the EHR cannot have seen the request.
+    Connect,
+    /// No answer in time: the EHR may or may not have acted on it.
+    Timeout,
+    /// The connection broke after the request may have been sent.
+    Broken,
+}
+
+pub struct StreamingResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: ByteStream,
+}
+
+pub trait Transport: Send + Sync + 'static {
+    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<UpstreamResponse, TransportError>>;
+    /// Like `send`, but hands back the body as a stream (media bytes).
+    fn stream(&self, request: HttpRequest) -> BoxFuture<'_, Result<StreamingResponse, TransportError>>;
+}
+
+/// reqwest over HTTP/1.1 and TLS. Redirects are followed (Canvas content → S3); reqwest drops the
+/// `Authorization` header when a redirect leaves the host, so EHR tokens never reach the storage host.
+pub struct ReqwestTransport {
+    client: reqwest::Client,
+}
+
+impl ReqwestTransport {
+    pub fn new(connect_timeout: Duration) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .no_proxy()
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(ReqwestTransport { client })
+    }
+
+    fn build(&self, request: HttpRequest) -> reqwest::RequestBuilder {
+        let mut builder = self.client.request(request.method, &request.url).timeout(request.timeout);
+        for (k, v) in request.headers {
+            builder = builder.header(k, v);
+        }
+        if let Some(body) = request.body {
+            builder = builder.body(body);
+        }
+        builder
+    }
+}
+
+fn classify(e: &reqwest::Error) -> TransportError {
+    if e.is_timeout() {
+        TransportError::Timeout
+    } else if e.is_connect() {
+        TransportError::Connect
+    } else {
+        TransportError::Broken
+    }
+}
+
+impl Transport for ReqwestTransport {
+    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<UpstreamResponse, TransportError>> {
+        let builder = self.build(request);
+        Box::pin(async move {
+            let response = builder.send().await.map_err(|e| classify(&e))?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = response.bytes().await.map_err(|e| classify(&e))?;
+            Ok(UpstreamResponse { status, headers, body })
+        })
+    }
+
+    fn stream(&self, request: HttpRequest) -> BoxFuture<'_, Result<StreamingResponse, TransportError>> {
+        let builder = self.build(request);
+        Box::pin(async move {
+            let response = builder.send().await.map_err(|e| classify(&e))?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = response.bytes_stream().map(|r| r.map_err(std::io::Error::other)).boxed();
+            Ok(StreamingResponse { status, headers, body })
+        })
+    }
+}
