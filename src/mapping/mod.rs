@@ -277,37 +277,66 @@ impl MappingRegistry {
     }
 }
 
-/// Finds the 1-based line/column of a key path's last key in the TOML text (best effort: the first line
-/// that defines that key after the lines defining its parents).
+/// Finds the 1-based line/column of a key path (`errors[3].code`, `categories.x.create.steps[0].path`) in
+/// the TOML text, best effort: each key is looked for after the line where its parent was found, and
+/// `name[i]` picks the i-th `[[…name]]` table of an array of tables.
 fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
-    let names: Vec<String> = key
-        .split(['.', '['])
-        .filter(|s| !s.is_empty() && !s.ends_with(']'))
-        .map(|s| s.trim_matches('"').to_string())
-        .collect();
+    let lines: Vec<&str> = text.lines().collect();
+    let header_components = |line: &str| -> Option<(bool, Vec<String>)> {
+        let t = line.trim();
+        let (array, inner) = if let Some(i) = t.strip_prefix("[[") {
+            (true, i.split("]]").next()?)
+        } else {
+            (false, t.strip_prefix('[')?.split(']').next()?)
+        };
+        Some((array, inner.split('.').map(|c| c.trim().trim_matches('"').to_string()).collect()))
+    };
     let mut from = 0;
     let mut found = None;
-    let lines: Vec<&str> = text.lines().collect();
-    for name in &names {
-        for (i, line) in lines.iter().enumerate().skip(from) {
-            let trimmed = line.trim_start();
-            if trimmed.starts_with('#') {
-                continue;
+    for segment in key.split('.') {
+        let (name, index) = match segment.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').split("][").next().and_then(|i| i.parse::<usize>().ok())),
+            None => (segment, None),
+        };
+        let name = name.trim_matches('"');
+        if name.is_empty() {
+            continue;
+        }
+        let mut hit = None;
+        if let Some(index) = index {
+            let mut seen = 0;
+            for (i, line) in lines.iter().enumerate().skip(from) {
+                if let Some((true, comps)) = header_components(line) {
+                    if comps.last().map(String::as_str) == Some(name) {
+                        if seen == index {
+                            hit = Some(i);
+                            break;
+                        }
+                        seen += 1;
+                    }
+                }
             }
-            let hit = trimmed.starts_with(&format!("{name} ="))
-                || trimmed.starts_with(&format!("{name}="))
-                || trimmed.starts_with(&format!("\"{name}\""))
-                || (trimmed.starts_with('[')
-                    && (trimmed.contains(&format!(".{name}]"))
-                        || trimmed.contains(&format!("[{name}]"))
-                        || trimmed.contains(&format!(".{name}."))))
-                || line.contains(&format!(" {name} = "));
-            if hit {
-                let col = line.find(name.as_str()).map(|c| c + 1).unwrap_or(1);
-                found = Some((i + 1, col));
-                from = i;
-                break;
-            }
+        }
+        if hit.is_none() {
+            hit = lines.iter().enumerate().skip(from).find_map(|(i, line)| {
+                let t = line.trim_start();
+                if t.starts_with('#') {
+                    return None;
+                }
+                if let Some((_, comps)) = header_components(line) {
+                    return comps.iter().any(|c| c == name).then_some(i);
+                }
+                let defines = t.starts_with(&format!("{name} ="))
+                    || t.starts_with(&format!("{name}="))
+                    || t.starts_with(&format!("\"{name}\""));
+                let inline = line.contains(&format!("{{ {name} =")) || line.contains(&format!(", {name} ="));
+                (defines || inline).then_some(i)
+            });
+        }
+        if let Some(i) = hit {
+            let col = lines[i].find(name).map(|c| c + 1).unwrap_or(1);
+            found = Some((i + 1, col));
+            from = i;
         }
     }
     found

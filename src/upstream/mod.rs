@@ -217,3 +217,123 @@ impl UpstreamClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::ClientAuth;
+    use crate::upstream::token::TokenSource;
+    use crate::upstream::transport::BoxFuture;
+    use bytes::Bytes;
+    use http::Method;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    /// Token endpoint answers `tok-N`; the API answers from a script, recording what it was sent.
+    struct Scripted {
+        api: Mutex<VecDeque<Result<u16, TransportError>>>,
+        sent: Mutex<Vec<(Method, String)>>,
+        tokens: Mutex<u32>,
+    }
+
+    impl Transport for Scripted {
+        fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<UpstreamResponse, TransportError>> {
+            Box::pin(async move {
+                if request.url.ends_with("/token") {
+                    let mut n = self.tokens.lock().unwrap();
+                    *n += 1;
+                    let body = format!(r#"{{"access_token":"tok-{n}","expires_in":3600}}"#);
+                    return Ok(UpstreamResponse { status: 200, headers: Default::default(), body: body.into() });
+                }
+                let auth = request.headers.iter().find(|(k, _)| k == "authorization").map(|(_, v)| v.clone()).unwrap();
+                self.sent.lock().unwrap().push((request.method.clone(), auth));
+                let next = self.api.lock().unwrap().pop_front().unwrap_or(Ok(200));
+                next.map(|status| UpstreamResponse { status, headers: Default::default(), body: Bytes::new() })
+            })
+        }
+        fn stream(&self, _: HttpRequest) -> BoxFuture<'_, Result<StreamingResponse, TransportError>> {
+            Box::pin(async { Err(TransportError::Broken) })
+        }
+    }
+
+    fn scripted_client(script: Vec<Result<u16, TransportError>>) -> (UpstreamClient, Arc<Scripted>) {
+        let transport =
+            Arc::new(Scripted { api: Mutex::new(script.into()), sent: Mutex::default(), tokens: Mutex::new(0) });
+        let tokens = TokenCache::new(
+            TokenSource {
+                ehr: "Canvas Medical".into(),
+                token_url: "http://127.0.0.1:1/token".into(),
+                client_id: "id".into(),
+                client_secret: Secret::new("secret"),
+                client_auth: ClientAuth::Form,
+                scope: None,
+                refresh_before: Duration::from_secs(60),
+                timeout: Duration::from_secs(5),
+            },
+            transport.clone(),
+        );
+        let settings = ClientSettings {
+            name: "c".into(),
+            ehr: "Canvas Medical".into(),
+            base_url: "http://127.0.0.1:1".into(),
+            timeout: Duration::from_secs(5),
+            max_concurrency: 4,
+            max_attempts: 3,
+            serialize_writes: true,
+        };
+        (UpstreamClient::new(settings, transport.clone(), tokens), transport)
+    }
+
+    fn request(method: Method) -> UpstreamRequest {
+        UpstreamRequest {
+            method,
+            path: "/Media".into(),
+            query: vec![],
+            headers: vec![],
+            body: None,
+            content_type: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_are_retried_through_server_errors() {
+        let (client, t) = scripted_client(vec![Ok(503), Err(TransportError::Broken), Ok(200)]);
+        assert_eq!(client.execute(&request(Method::GET)).await.unwrap().status, 200);
+        assert_eq!(t.sent.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_give_up_after_max_attempts() {
+        let (client, t) = scripted_client(vec![Ok(500), Ok(500), Ok(500), Ok(200)]);
+        assert_eq!(client.execute(&request(Method::GET)).await.unwrap().status, 500);
+        assert_eq!(t.sent.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_create_is_never_resent_after_it_may_have_arrived() {
+        let (client, t) = scripted_client(vec![Ok(503)]);
+        assert_eq!(client.execute(&request(Method::POST)).await.unwrap().status, 503);
+        let (client2, t2) = scripted_client(vec![Err(TransportError::Timeout)]);
+        let e = client2.execute(&request(Method::POST)).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(e.message().contains("may or may not have happened"));
+        assert_eq!(t.sent.lock().unwrap().len() + t2.sent.lock().unwrap().len(), 2);
+        // Connection refused means it never left: resending is safe.
+        let (client3, t3) = scripted_client(vec![Err(TransportError::Connect), Ok(201)]);
+        assert_eq!(client3.execute(&request(Method::POST)).await.unwrap().status, 201);
+        assert_eq!(t3.sent.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_401_refreshes_the_token_once_and_retries_once() {
+        let (client, t) = scripted_client(vec![Ok(401), Ok(200)]);
+        assert_eq!(client.execute(&request(Method::POST)).await.unwrap().status, 200);
+        let sent = t.sent.lock().unwrap().clone();
+        assert_eq!(sent.iter().map(|s| s.1.as_str()).collect::<Vec<_>>(), ["Bearer tok-1", "Bearer tok-2"]);
+
+        let (client, t) = scripted_client(vec![Ok(401), Ok(401), Ok(200)]);
+        assert_eq!(client.execute(&request(Method::GET)).await.unwrap().status, 401, "second 401 is final");
+        assert_eq!(t.sent.lock().unwrap().len(), 2);
+        assert_eq!(*t.tokens.lock().unwrap(), 2);
+    }
+}
