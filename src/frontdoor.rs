@@ -434,10 +434,10 @@ async fn create(state: &AppState, o: &OrgCtx, req: GatewayRequest) -> Result<Gat
     };
     state.created.record(&o.org.id, created.clone());
     let mut response = resource_response(StatusCode::CREATED, &created);
-    if let Some(id) = created.get("id").and_then(Value::as_str) {
-        if let Ok(location) = HeaderValue::from_str(&format!("{}/Media/{id}", o.fhir_base)) {
-            response.headers_mut().insert(header::LOCATION, location);
-        }
+    if let Some(id) = created.get("id").and_then(Value::as_str)
+        && let Ok(location) = HeaderValue::from_str(&format!("{}/Media/{id}", o.fhir_base))
+    {
+        response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
 }

@@ -107,13 +107,13 @@ pub async fn build_state(config: Config) -> Result<(Arc<AppState>, HashMap<Strin
                 set.dir.display()
             )),
             Some(m) => {
-                if let Some(c) = config.connections.get(&org.connection) {
-                    if c.ehr != m.ehr {
-                        problems.push(format!(
-                            "organizations[{i}]: connection `{}` is {} but mapping `{}` is for {}",
-                            org.connection, c.ehr, org.mapping, m.ehr
-                        ));
-                    }
+                if let Some(c) = config.connections.get(&org.connection)
+                    && c.ehr != m.ehr
+                {
+                    problems.push(format!(
+                        "organizations[{i}]: connection `{}` is {} but mapping `{}` is for {}",
+                        org.connection, c.ehr, org.mapping, m.ehr
+                    ));
                 }
             }
         }

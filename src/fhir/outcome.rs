@@ -43,10 +43,10 @@ pub fn into_response(error: &GatewayError) -> Response<Body> {
     if error.status == http::StatusCode::UNAUTHORIZED {
         headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
-    if let Some(after) = error.retry_after {
-        if let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string()) {
-            headers.insert(header::RETRY_AFTER, v);
-        }
+    if let Some(after) = error.retry_after
+        && let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string())
+    {
+        headers.insert(header::RETRY_AFTER, v);
     }
     response
 }

@@ -306,14 +306,14 @@ fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
         if let Some(index) = index {
             let mut seen = 0;
             for (i, line) in lines.iter().enumerate().skip(from) {
-                if let Some((true, comps)) = header_components(line) {
-                    if comps.last().map(String::as_str) == Some(name) {
-                        if seen == index {
-                            hit = Some(i);
-                            break;
-                        }
-                        seen += 1;
+                if let Some((true, comps)) = header_components(line)
+                    && comps.last().map(String::as_str) == Some(name)
+                {
+                    if seen == index {
+                        hit = Some(i);
+                        break;
                     }
+                    seen += 1;
                 }
             }
         }
@@ -453,13 +453,10 @@ impl Compiler<'_> {
                 });
             }
         }
-        if let Some(needed) = result_needed {
-            if specs.last().is_some_and(|_| steps.last().and_then(|s| s.result) != Some(needed)) {
-                self.error(
-                    key,
-                    format!("the last step must have `result = \"{}\"`", format!("{needed:?}").to_lowercase()),
-                );
-            }
+        if let Some(needed) = result_needed
+            && specs.last().is_some_and(|_| steps.last().and_then(|s| s.result) != Some(needed))
+        {
+            self.error(key, format!("the last step must have `result = \"{}\"`", format!("{needed:?}").to_lowercase()));
         }
         steps
     }

@@ -86,9 +86,14 @@ mod tests {
         for path in ["/organizations/org-1/fhir/4/Media", "/organizations/demo/fhir/4/metadata"] {
             svc.clone().oneshot(empty(request("GET", path))).await.unwrap();
         }
-        let seen = rec.seen.lock().unwrap();
-        assert!(seen.iter().all(|p| p.extensions.get::<Arc<Organization>>().unwrap().id == "org-1"));
-        drop(seen);
+        let resolved: Vec<String> = rec
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| p.extensions.get::<Arc<Organization>>().unwrap().id.clone())
+            .collect();
+        assert_eq!(resolved, ["org-1", "org-1"]);
         let e = svc.clone().oneshot(empty(request("GET", "/organizations/nope/fhir/4/Media"))).await.unwrap_err();
         assert_eq!(e.status, StatusCode::NOT_FOUND);
         assert!(svc.oneshot(empty(request("GET", "/healthz"))).await.is_ok());

@@ -163,12 +163,12 @@ impl UpstreamClient {
             };
             let retryable_status =
                 matches!(&outcome, Attempt::Status { status, .. } if *status == 429 || *status >= 500);
-            if matches!(outcome, Attempt::Failed(_)) || retryable_status {
-                if let Some(delay) = retry_delay(&outcome, idempotent, attempt, self.settings.max_attempts) {
-                    tracing::debug!(connection = %self.settings.name, attempt, delay_ms = delay.as_millis() as u64, "retrying upstream request");
-                    tokio::time::sleep(delay).await;
-                    continue;
-                }
+            if (matches!(outcome, Attempt::Failed(_)) || retryable_status)
+                && let Some(delay) = retry_delay(&outcome, idempotent, attempt, self.settings.max_attempts)
+            {
+                tracing::debug!(connection = %self.settings.name, attempt, delay_ms = delay.as_millis() as u64, "retrying upstream request");
+                tokio::time::sleep(delay).await;
+                continue;
             }
             return result.map_err(|e| self.transport_error(e, idempotent));
         }

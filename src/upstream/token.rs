@@ -63,10 +63,10 @@ impl TokenCache {
     /// A token valid for at least `refresh_before`, fetching one if needed.
     pub async fn get(&self) -> Result<Secret, GatewayError> {
         let mut state = self.state.lock().await;
-        if let TokenState::Valid { token, refresh_at } = &*state {
-            if Instant::now() < *refresh_at {
-                return Ok(token.clone());
-            }
+        if let TokenState::Valid { token, refresh_at } = &*state
+            && Instant::now() < *refresh_at
+        {
+            return Ok(token.clone());
         }
         let (token, lifetime) = self.fetch().await?;
         // Refresh early, but never sooner than halfway through a short-lived token.
