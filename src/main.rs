@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ehr_gateway::config::{Config, DEFAULT_CONFIG};
-use ehr_gateway::mapping::MappingSet;
+use ehr_gateway::mapping::{MappingSet, Severity};
 
 #[derive(Parser)]
 #[command(
@@ -103,14 +103,24 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Command::Mappings { command: MappingsCommand::Check { dir } } => match MappingSet::load_dir(&dir) {
             Ok(set) => {
-                println!("{}: {} mapping(s) OK (version {})", dir.display(), set.mappings.len(), set.version);
+                for w in &set.warnings {
+                    println!("{w}");
+                }
+                println!(
+                    "{}: {} mapping(s) OK, {} warning(s) (version {})",
+                    dir.display(),
+                    set.mappings.len(),
+                    set.warnings.len(),
+                    set.version
+                );
                 ExitCode::SUCCESS
             }
             Err(diagnostics) => {
                 for d in &diagnostics {
-                    println!("error: {d}");
+                    println!("{d}");
                 }
-                println!("{} error(s)", diagnostics.len());
+                let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+                println!("{}: {errors} error(s), {} warning(s)", dir.display(), diagnostics.len() - errors);
                 ExitCode::FAILURE
             }
         },

@@ -11,6 +11,7 @@ use http::{HeaderMap, Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::template::Scope;
+use super::transform::TransformContext;
 use super::{Category, Encoding, Interaction, Mapping, Step, StepResult};
 use crate::error::{GatewayError, Issue, IssueCode, Side};
 
@@ -101,7 +102,7 @@ impl<'m> Run<'m> {
         ctx: Context,
     ) -> Result<Self, GatewayError> {
         let interaction = category.create.as_ref().ok_or_else(|| not_supported(mapping, "create", Some(category)))?;
-        run_checks(interaction, &resource, category)?;
+        run_checks(mapping, interaction, &resource, category)?;
         Ok(Run::new(mapping, category, &interaction.steps, BTreeMap::new(), resource, ctx))
     }
 
@@ -149,7 +150,8 @@ impl<'m> Run<'m> {
             let Some(expr) = search.params.get(name) else {
                 return Err(unsupported_param(mapping, category, name));
             };
-            let scope = Scope { document: &Value::Null, vars: &raw, headers: None, id_template: Some(&category.id) };
+            let scope =
+                Scope { document: &Value::Null, vars: &raw, headers: None, transforms: env(mapping, Some(category)) };
             match expr.eval(&scope) {
                 Ok(Some(v)) => {
                     vars.insert(name.clone(), v);
@@ -195,7 +197,7 @@ impl<'m> Run<'m> {
             document: &Value::Null,
             vars: &BTreeMap::new(),
             headers: None,
-            id_template: None,
+            transforms: TransformContext::default(),
         });
         if !path.starts_with('/') || path.starts_with("//") || expected.ok().flatten().as_deref() != Some(path) {
             return Err(bad());
@@ -223,7 +225,7 @@ impl<'m> Run<'m> {
     }
 
     fn scope<'a>(&'a self, document: &'a Value, headers: Option<&'a HeaderMap>) -> Scope<'a> {
-        Scope { document, vars: &self.vars, headers, id_template: Some(&self.category.id) }
+        Scope { document, vars: &self.vars, headers, transforms: env(self.mapping, Some(self.category)) }
     }
 
     /// The request for the current step.
@@ -392,7 +394,7 @@ pub fn normalize(
     ctx: &Context,
 ) -> Result<Value, GatewayError> {
     let empty = BTreeMap::new();
-    let scope = Scope { document: upstream, vars: &empty, headers: None, id_template: Some(&category.id) };
+    let scope = Scope { document: upstream, vars: &empty, headers: None, transforms: env(mapping, Some(category)) };
     let mut id_vars = BTreeMap::new();
     for (name, expr) in &category.bind {
         let value = expr.eval_string(&scope).map_err(|e| mapping_error(mapping, e))?.ok_or_else(|| {
@@ -406,7 +408,7 @@ pub fn normalize(
     let mut vars = string_vars(id_vars);
     vars.insert("content_url".into(), Value::String(format!("{}/Media/{gateway_id}/$content", ctx.fhir_base)));
     vars.insert("gateway_id".into(), Value::String(gateway_id));
-    let scope = Scope { document: upstream, vars: &vars, headers: None, id_template: Some(&category.id) };
+    let scope = Scope { document: upstream, vars: &vars, headers: None, transforms: env(mapping, Some(category)) };
     category
         .template
         .render(&scope)
@@ -415,9 +417,14 @@ pub fn normalize(
 }
 
 /// Runs a create's checks, reporting every failing one.
-pub fn run_checks(interaction: &Interaction, resource: &Value, category: &Category) -> Result<(), GatewayError> {
+pub fn run_checks(
+    mapping: &Mapping,
+    interaction: &Interaction,
+    resource: &Value,
+    category: &Category,
+) -> Result<(), GatewayError> {
     let empty = BTreeMap::new();
-    let scope = Scope { document: resource, vars: &empty, headers: None, id_template: Some(&category.id) };
+    let scope = Scope { document: resource, vars: &empty, headers: None, transforms: env(mapping, Some(category)) };
     let mut failures: Vec<(StatusCode, Issue)> = Vec::new();
     for check in &interaction.checks {
         let issue = |code, message: String| Issue { code, message, expression: vec![check.expression.clone()] };
@@ -487,7 +494,8 @@ pub fn translate_error(mapping: &Mapping, response: &UpstreamResponse, vars: &BT
         .map(std::time::Duration::from_secs);
     match mapping.errors.iter().find(|r| r.status.matches(response.status)) {
         Some(rule) => {
-            let scope = Scope { document: &document, vars, headers: Some(&response.headers), id_template: None };
+            let scope =
+                Scope { document: &document, vars, headers: Some(&response.headers), transforms: env(mapping, None) };
             let message = rule
                 .message
                 .render(&scope)
@@ -505,6 +513,11 @@ pub fn translate_error(mapping: &Mapping, response: &UpstreamResponse, vars: &BT
             format!("{} answered HTTP {}, which the mapping does not translate", mapping.display_name, response.status),
         ),
     }
+}
+
+/// What transforms may use while mapping within `category` of `mapping`.
+fn env<'a>(mapping: &'a Mapping, category: Option<&'a Category>) -> TransformContext<'a> {
+    TransformContext { id_template: category.map(|c| &c.id), code_tables: Some(&mapping.code_tables) }
 }
 
 /// Opaque paging token: which category, and the upstream link to continue at.

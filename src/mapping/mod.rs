@@ -9,7 +9,7 @@ pub mod spec;
 pub mod template;
 pub mod transform;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -27,9 +27,18 @@ use template::{Expression, Template, TextTemplate, suggest};
 pub const INTERACTIONS: &[&str] =
     &["create", "read", "vread", "update", "patch", "delete", "search", "history-instance", "history-type"];
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The mapping cannot be used.
+    Error,
+    /// Suspicious but usable (unused code tables, unreachable steps).
+    Warning,
+}
+
 /// One problem in a mapping file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    pub severity: Severity,
     pub file: PathBuf,
     /// 1-based line and column when known.
     pub position: Option<(usize, usize)>,
@@ -40,6 +49,10 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.severity {
+            Severity::Error => "error: ",
+            Severity::Warning => "warning: ",
+        })?;
         match self.position {
             Some((line, col)) => write!(f, "{}:{line}:{col}", self.file.display())?,
             None => write!(f, "{}", self.file.display())?,
@@ -168,6 +181,7 @@ pub struct Mapping {
     pub auth: Auth,
     pub unsupported: BTreeMap<String, String>,
     pub categories: BTreeMap<String, Category>,
+    pub code_tables: transform::CodeTables,
     pub errors: Vec<ErrorRule>,
 }
 
@@ -190,6 +204,8 @@ pub struct MappingSet {
     pub version: String,
     pub loaded_at: SystemTime,
     pub dir: PathBuf,
+    /// Problems that did not stop the load.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl MappingSet {
@@ -200,6 +216,7 @@ impl MappingSet {
             Ok(e) => e,
             Err(e) => {
                 return Err(vec![Diagnostic {
+                    severity: Severity::Error,
                     file: dir.to_path_buf(),
                     position: None,
                     key: String::new(),
@@ -214,6 +231,7 @@ impl MappingSet {
         files.sort();
         if files.is_empty() {
             diagnostics.push(Diagnostic {
+                severity: Severity::Error,
                 file: dir.to_path_buf(),
                 position: None,
                 key: String::new(),
@@ -223,6 +241,7 @@ impl MappingSet {
         use sha2::{Digest, Sha256};
         let mut hasher = Sha256::new();
         let mut mappings = BTreeMap::new();
+        let mut warnings = Vec::new();
         for file in files {
             let name = file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
             match std::fs::read_to_string(&file) {
@@ -231,13 +250,15 @@ impl MappingSet {
                     hasher.update([0]);
                     hasher.update(text.as_bytes());
                     match compile_file(&name, &file, &text) {
-                        Ok(m) => {
+                        Ok((m, mut w)) => {
+                            warnings.append(&mut w);
                             mappings.insert(name, Arc::new(m));
                         }
                         Err(mut d) => diagnostics.append(&mut d),
                     }
                 }
                 Err(e) => diagnostics.push(Diagnostic {
+                    severity: Severity::Error,
                     file: file.clone(),
                     position: None,
                     key: String::new(),
@@ -246,10 +267,11 @@ impl MappingSet {
             }
         }
         if !diagnostics.is_empty() {
+            diagnostics.append(&mut warnings);
             return Err(diagnostics);
         }
         let version = hex::encode(hasher.finalize())[..16].to_string();
-        Ok(MappingSet { mappings, version, loaded_at: SystemTime::now(), dir: dir.to_path_buf() })
+        Ok(MappingSet { mappings, version, loaded_at: SystemTime::now(), dir: dir.to_path_buf(), warnings })
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Mapping>> {
@@ -346,11 +368,22 @@ struct Compiler<'a> {
     file: &'a Path,
     text: &'a str,
     diagnostics: Vec<Diagnostic>,
+    /// Names of the file's code tables, and those some `code(table)` uses.
+    tables: BTreeSet<String>,
+    used_tables: BTreeSet<String>,
+}
+
+/// Variables an expression may read at some point of the mapping.
+type Known = BTreeSet<String>;
+
+fn known<'a>(names: impl IntoIterator<Item = &'a str>) -> Known {
+    names.into_iter().map(str::to_string).collect()
 }
 
 impl Compiler<'_> {
-    fn error(&mut self, key: &str, message: impl Into<String>) {
+    fn push(&mut self, severity: Severity, key: &str, message: impl Into<String>) {
         self.diagnostics.push(Diagnostic {
+            severity,
             file: self.file.to_path_buf(),
             position: locate(self.text, key),
             key: key.to_string(),
@@ -358,24 +391,71 @@ impl Compiler<'_> {
         });
     }
 
-    fn expression(&mut self, key: &str, text: &str) -> Option<Expression> {
-        Expression::compile(text).map_err(|e| self.error(key, e)).ok()
+    fn error(&mut self, key: &str, message: impl Into<String>) {
+        self.push(Severity::Error, key, message);
     }
 
-    fn text_template(&mut self, key: &str, text: &str) -> Option<TextTemplate> {
-        TextTemplate::compile(text).map_err(|e| self.error(key, e)).ok()
+    fn warning(&mut self, key: &str, message: impl Into<String>) {
+        self.push(Severity::Warning, key, message);
     }
 
-    fn template(&mut self, key: &str, value: &Value) -> Template {
+    /// Load-time checks every compiled expression gets: code tables exist, variables are defined.
+    fn inspect<'e>(&mut self, key: &str, expressions: impl IntoIterator<Item = &'e Expression>, vars: Option<&Known>) {
+        for e in expressions {
+            for (name, arg) in e.transforms() {
+                if name == "code" {
+                    let table = arg.unwrap_or_default().to_string();
+                    if self.tables.contains(&table) {
+                        self.used_tables.insert(table);
+                    } else {
+                        let hint = suggest(&table, self.tables.iter().map(String::as_str));
+                        self.error(
+                            key,
+                            format!("unknown code table `{table}`{hint}; define it under [code_tables.{table}]"),
+                        );
+                    }
+                }
+            }
+            if let (Some(var), Some(vars)) = (e.variable(), vars) {
+                if !vars.contains(var) {
+                    let hint = suggest(var, vars.iter().map(String::as_str));
+                    let available = vars.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
+                    self.error(key, format!("unknown variable `{var}`{hint} (available here: {available})"));
+                }
+            }
+        }
+    }
+
+    fn expression(&mut self, key: &str, text: &str, vars: Option<&Known>) -> Option<Expression> {
+        let e = Expression::compile(text).map_err(|e| self.error(key, e)).ok()?;
+        self.inspect(key, [&e], vars);
+        Some(e)
+    }
+
+    fn text_template(&mut self, key: &str, text: &str, vars: Option<&Known>) -> Option<TextTemplate> {
+        let t = TextTemplate::compile(text).map_err(|e| self.error(key, e)).ok()?;
+        self.inspect(key, t.expressions().collect::<Vec<_>>(), vars);
+        Some(t)
+    }
+
+    fn template(&mut self, key: &str, value: &Value, vars: &Known) -> Template {
         let mut problems = Vec::new();
         let t = Template::compile(value, key, &mut problems);
         for (at, message) in problems {
             self.error(&at, message);
         }
+        self.inspect(key, t.expressions(), Some(vars));
         t
     }
 
-    fn steps(&mut self, key: &str, specs: &[spec::StepSpec], result_needed: Option<StepResult>) -> Vec<Step> {
+    /// Compiles steps; `vars` are the variables defined before the first step. Each step's `bind` adds to them.
+    fn steps(
+        &mut self,
+        key: &str,
+        specs: &[spec::StepSpec],
+        result_needed: Option<StepResult>,
+        mut vars: Known,
+    ) -> Vec<Step> {
         if specs.is_empty() {
             self.error(key, "at least one step is needed");
         }
@@ -398,18 +478,20 @@ impl Compiler<'_> {
                     "the path must start with `/` (it is relative to the connection's base URL)",
                 );
             }
-            let path = self.text_template(&format!("{at}.path"), &s.path);
+            let path = self.text_template(&format!("{at}.path"), &s.path, Some(&vars));
             let query = s
                 .query
                 .iter()
-                .filter_map(|(k, v)| Some((k.clone(), self.text_template(&format!("{at}.query.{k}"), v)?)))
+                .filter_map(|(k, v)| Some((k.clone(), self.text_template(&format!("{at}.query.{k}"), v, Some(&vars))?)))
                 .collect();
             let headers = s
                 .headers
                 .iter()
-                .filter_map(|(k, v)| Some((k.clone(), self.text_template(&format!("{at}.headers.{k}"), v)?)))
+                .filter_map(|(k, v)| {
+                    Some((k.clone(), self.text_template(&format!("{at}.headers.{k}"), v, Some(&vars))?))
+                })
                 .collect();
-            let body = s.body.as_ref().map(|b| self.template(&format!("{at}.body"), b));
+            let body = s.body.as_ref().map(|b| self.template(&format!("{at}.body"), b, &vars));
             let encoding = match s.encoding.as_deref() {
                 None | Some("json") => Encoding::Json,
                 Some("form") => Encoding::Form,
@@ -424,8 +506,12 @@ impl Compiler<'_> {
             let bind = s
                 .bind
                 .iter()
-                .filter_map(|(k, v)| Some((k.clone(), self.expression(&format!("{at}.bind.{k}"), v)?)))
+                .filter_map(|(k, v)| Some((k.clone(), self.expression(&format!("{at}.bind.{k}"), v, Some(&vars))?)))
                 .collect();
+            vars.extend(s.bind.keys().cloned());
+            if i > 0 && specs[i - 1].result.is_some() {
+                self.warning(&at, "this step can never run: the step before it already produces the result");
+            }
             let result = match s.result.as_deref() {
                 None => None,
                 Some("resource") => Some(StepResult::Resource),
@@ -461,17 +547,17 @@ impl Compiler<'_> {
         steps
     }
 
-    fn interaction(&mut self, key: &str, spec: &spec::InteractionSpec, result: StepResult) -> Interaction {
+    fn interaction(&mut self, key: &str, spec: &spec::InteractionSpec, result: StepResult, vars: Known) -> Interaction {
         let serialize_writes_by = spec
             .serialize_writes_by
             .iter()
             .enumerate()
-            .filter_map(|(i, e)| self.expression(&format!("{key}.serialize_writes_by[{i}]"), e))
+            .filter_map(|(i, e)| self.expression(&format!("{key}.serialize_writes_by[{i}]"), e, Some(&Known::new())))
             .collect();
         let mut checks = Vec::new();
         for (i, c) in spec.checks.iter().enumerate() {
             let at = format!("{key}.checks[{i}]");
-            let path = self.expression(&format!("{at}.path"), &c.path);
+            let path = self.expression(&format!("{at}.path"), &c.path, Some(&Known::new()));
             let pattern = c
                 .pattern
                 .as_ref()
@@ -497,7 +583,7 @@ impl Compiler<'_> {
                 });
             }
         }
-        let steps = self.steps(&format!("{key}.steps"), &spec.steps, Some(result));
+        let steps = self.steps(&format!("{key}.steps"), &spec.steps, Some(result), vars);
         Interaction { serialize_writes_by, checks, steps }
     }
 
@@ -524,13 +610,14 @@ impl Compiler<'_> {
     }
 }
 
-/// Parses and compiles one mapping file.
-pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<Mapping, Vec<Diagnostic>> {
+/// Parses and compiles one mapping file: the mapping and its warnings, or every problem found.
+pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec<Diagnostic>), Vec<Diagnostic>> {
     let spec: spec::MappingFile = match toml::from_str(text) {
         Ok(s) => s,
         Err(e) => {
             let position = e.span().map(|span| line_col(text, span.start));
             return Err(vec![Diagnostic {
+                severity: Severity::Error,
                 file: file.to_path_buf(),
                 position,
                 key: String::new(),
@@ -538,7 +625,13 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<Mapping, Vec<
             }]);
         }
     };
-    let mut c = Compiler { file, text, diagnostics: Vec::new() };
+    let mut c = Compiler {
+        file,
+        text,
+        diagnostics: Vec::new(),
+        tables: spec.code_tables.keys().cloned().collect(),
+        used_tables: BTreeSet::new(),
+    };
     if spec.auth.flow != "client_credentials" {
         c.error("auth.flow", format!("unknown auth flow `{}`; supported: client_credentials", spec.auth.flow));
     }
@@ -583,12 +676,24 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<Mapping, Vec<
             .resource
             .bind
             .iter()
-            .filter_map(|(k, v)| Some((k.clone(), c.expression(&format!("{at}.resource.bind.{k}"), v)?)))
+            .filter_map(|(k, v)| {
+                Some((k.clone(), c.expression(&format!("{at}.resource.bind.{k}"), v, Some(&Known::new()))?))
+            })
             .collect();
-        let template = c.template(&format!("{at}.resource.template"), &cs.resource.template);
-        let create = cs.create.as_ref().map(|i| c.interaction(&format!("{at}.create"), i, StepResult::Resource));
-        let read = cs.read.as_ref().map(|i| c.interaction(&format!("{at}.read"), i, StepResult::Resource));
-        let content = cs.content.as_ref().map(|i| c.interaction(&format!("{at}.content"), i, StepResult::Bytes));
+        let resource_vars: Known =
+            cs.resource.bind.keys().cloned().chain(["gateway_id".to_string(), "content_url".to_string()]).collect();
+        let template = c.template(&format!("{at}.resource.template"), &cs.resource.template, &resource_vars);
+        // Reads and content fetches start from the variables encoded in the gateway id.
+        let id_vars: Known = id
+            .as_ref()
+            .map(|t| t.variables().map(str::to_string).chain(["gateway_id".to_string()]).collect())
+            .unwrap_or_default();
+        let create =
+            cs.create.as_ref().map(|i| c.interaction(&format!("{at}.create"), i, StepResult::Resource, Known::new()));
+        let read =
+            cs.read.as_ref().map(|i| c.interaction(&format!("{at}.read"), i, StepResult::Resource, id_vars.clone()));
+        let content =
+            cs.content.as_ref().map(|i| c.interaction(&format!("{at}.content"), i, StepResult::Bytes, id_vars));
         let search = cs.search.as_ref().map(|s| {
             let sat = format!("{at}.search");
             let params = s
@@ -602,7 +707,7 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<Mapping, Vec<
                             format!("`{k}` is not a FHIR Media search parameter{hint}"),
                         );
                     }
-                    Some((k.clone(), c.expression(&format!("{sat}.params.{k}"), v)?))
+                    Some((k.clone(), c.expression(&format!("{sat}.params.{k}"), v, Some(&known([k.as_str()])))?))
                 })
                 .collect();
             for p in &s.require_one_of {
@@ -613,10 +718,11 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<Mapping, Vec<
             if s.count.default == 0 || s.count.default > s.count.max {
                 c.error(&format!("{sat}.count"), "need 0 < default <= max");
             }
-            let steps = c.steps(&format!("{sat}.steps"), &s.steps, Some(StepResult::Bundle));
-            let entries = c.expression(&format!("{sat}.entries"), &s.entries);
-            let total = s.total.as_ref().and_then(|t| c.expression(&format!("{sat}.total"), t));
-            let next = s.next.as_ref().and_then(|t| c.expression(&format!("{sat}.next"), t));
+            let search_vars: Known = s.params.keys().cloned().chain(["_count".to_string()]).collect();
+            let steps = c.steps(&format!("{sat}.steps"), &s.steps, Some(StepResult::Bundle), search_vars);
+            let entries = c.expression(&format!("{sat}.entries"), &s.entries, Some(&Known::new()));
+            let total = s.total.as_ref().and_then(|t| c.expression(&format!("{sat}.total"), t, Some(&Known::new())));
+            let next = s.next.as_ref().and_then(|t| c.expression(&format!("{sat}.next"), t, Some(&Known::new())));
             Search {
                 params,
                 require_one_of: s.require_one_of.clone(),
@@ -661,28 +767,40 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<Mapping, Vec<
             c.error(&format!("{at}.gateway_status"), "must be an HTTP error status (400-599)");
         }
         let code = c.issue_code(&format!("{at}.code"), &r.code);
-        let message = c.text_template(&format!("{at}.message"), &r.message);
+        let message = c.text_template(&format!("{at}.message"), &r.message, None);
         if let (Some(status), Some(gateway_status), Some(message)) = (status, gateway_status, message) {
             errors.push(ErrorRule { status, gateway_status, code, retryable: r.retryable, message });
         }
     }
-    if !c.diagnostics.is_empty() {
+    for table in spec.code_tables.keys() {
+        if !c.used_tables.contains(table) {
+            c.warning(
+                &format!("code_tables.{table}"),
+                format!("code table `{table}` is never used by a `code({table})` transform"),
+            );
+        }
+    }
+    if c.diagnostics.iter().any(|d| d.severity == Severity::Error) {
         return Err(c.diagnostics);
     }
-    Ok(Mapping {
-        name: name.to_string(),
-        ehr: spec.ehr,
-        display_name: spec.display_name,
-        default_category: spec.default_category,
-        auth: Auth {
-            client_auth,
-            scope: spec.auth.scope,
-            refresh_before_expiry_secs: spec.auth.refresh_before_expiry_secs,
+    Ok((
+        Mapping {
+            name: name.to_string(),
+            ehr: spec.ehr,
+            display_name: spec.display_name,
+            default_category: spec.default_category,
+            auth: Auth {
+                client_auth,
+                scope: spec.auth.scope,
+                refresh_before_expiry_secs: spec.auth.refresh_before_expiry_secs,
+            },
+            unsupported: spec.unsupported,
+            categories,
+            code_tables: spec.code_tables,
+            errors,
         },
-        unsupported: spec.unsupported,
-        categories,
-        errors,
-    })
+        c.diagnostics,
+    ))
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -727,6 +845,29 @@ mod tests {
                 "{diag} points at `{text_line}`"
             );
         }
+    }
+
+    #[test]
+    fn unknown_variables_and_code_tables_are_errors_unused_tables_and_dead_steps_warnings() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/canvas.toml")).unwrap();
+        let broken = text
+            .replacen("path = \"/Media/{media_id}/files/content\"", "path = \"/Media/{media_idd}/files/content\"", 1)
+            .replacen("status = \"$.status\"", "status = \"$.status | code(statuses)\"", 1);
+        let d = compile_file("canvas", Path::new("canvas.toml"), &broken).unwrap_err();
+        let all = d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n");
+        assert!(all.contains("unknown variable `media_idd`; did you mean `media_id`?"), "{all}");
+        assert!(all.contains("unknown code table `statuses`"), "{all}");
+
+        let warned = format!("{text}\n[code_tables.unused]\na = \"b\"\n").replacen(
+            "result = \"bytes\"",
+            "result = \"bytes\"\n\n[[categories.visual-exam-finding.content.steps]]\nmethod = \"GET\"\npath = \"/x\"\nexpect = [200]\nresult = \"bytes\"",
+            1,
+        );
+        let (_, warnings) = compile_file("canvas", Path::new("canvas.toml"), &warned).expect("warnings do not fail");
+        let all = warnings.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n");
+        assert!(warnings.iter().all(|w| w.severity == Severity::Warning));
+        assert!(all.contains("code table `unused` is never used"), "{all}");
+        assert!(all.contains("this step can never run"), "{all}");
     }
 
     #[test]

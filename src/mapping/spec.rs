@@ -19,6 +19,9 @@ pub struct MappingFile {
     #[serde(default)]
     pub unsupported: BTreeMap<String, String>,
     pub categories: BTreeMap<String, CategorySpec>,
+    /// Named code tables (source code → target code), used with the `code(table)` transform.
+    #[serde(default)]
+    pub code_tables: BTreeMap<String, BTreeMap<String, String>>,
     /// Upstream error translation, first match wins.
     #[serde(default)]
     pub errors: Vec<ErrorRuleSpec>,

@@ -17,7 +17,6 @@ use jsonpath_rust::parser::parse_json_path;
 use jsonpath_rust::query::js_path_process;
 use serde_json::{Map, Value};
 
-use super::ids::IdTemplate;
 use super::transform::{self, TransformContext};
 
 /// What expressions read from.
@@ -25,7 +24,7 @@ pub struct Scope<'a> {
     pub document: &'a Value,
     pub vars: &'a BTreeMap<String, Value>,
     pub headers: Option<&'a HeaderMap>,
-    pub id_template: Option<&'a IdTemplate>,
+    pub transforms: TransformContext<'a>,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +94,11 @@ impl Expression {
         &self.text
     }
 
+    /// The transforms applied, with their arguments.
+    pub fn transforms(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.transforms.iter().map(|(n, a)| (n.as_str(), a.as_deref()))
+    }
+
     /// The variable this expression reads, if its source is a variable.
     pub fn variable(&self) -> Option<&str> {
         match &self.source {
@@ -124,10 +128,9 @@ impl Expression {
                 .map(|s| Value::String(s.to_string())),
             Source::Var(name) => scope.vars.get(name).cloned(),
         };
-        let ctx = TransformContext { id_template: scope.id_template };
         for (name, arg) in &self.transforms {
             let Some(input) = value else { return Ok(None) };
-            value = transform::apply(name, arg.as_deref(), &input, &ctx)?;
+            value = transform::apply(name, arg.as_deref(), &input, &scope.transforms)?;
         }
         Ok(value)
     }
@@ -298,6 +301,17 @@ impl Template {
         }
     }
 
+    /// Every expression in the template, for load-time checks.
+    pub fn expressions(&self) -> Vec<&Expression> {
+        match self {
+            Template::Literal(_) => vec![],
+            Template::Expr(e) => vec![e],
+            Template::Text(t) => t.expressions().collect(),
+            Template::Object(fields) => fields.iter().flat_map(|(_, t)| t.expressions()).collect(),
+            Template::Array(items) => items.iter().flat_map(Template::expressions).collect(),
+        }
+    }
+
     pub fn render(&self, scope: &Scope) -> Result<Option<Value>, String> {
         Ok(match self {
             Template::Literal(v) => Some(v.clone()),
@@ -335,7 +349,7 @@ mod tests {
         let t = Template::compile(&template, "t", &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
         let vars: BTreeMap<String, Value> = vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-        t.render(&Scope { document: &doc, vars: &vars, headers: None, id_template: None }).unwrap()
+        t.render(&Scope { document: &doc, vars: &vars, headers: None, transforms: Default::default() }).unwrap()
     }
 
     #[test]
@@ -368,7 +382,10 @@ mod tests {
         assert_eq!(out, json!({"p": "Patient/123"}));
         let e = Expression::compile("patient | reference(Patient)").unwrap();
         let vars = [("patient".to_string(), json!("Practitioner/1"))].into();
-        assert!(e.eval(&Scope { document: &json!({}), vars: &vars, headers: None, id_template: None }).is_err());
+        assert!(
+            e.eval(&Scope { document: &json!({}), vars: &vars, headers: None, transforms: Default::default() })
+                .is_err()
+        );
     }
 
     #[test]

@@ -1,18 +1,27 @@
 //! Named built-in transforms usable in mapping expressions (`$.x | name(arg)`): pure functions on JSON.
 
 use base64::Engine as _;
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use super::ids::IdTemplate;
 
+/// Code tables by name: source code → target code.
+pub type CodeTables = BTreeMap<String, BTreeMap<String, String>>;
+
 /// What a transform may look at besides its input.
+#[derive(Clone, Copy, Default)]
 pub struct TransformContext<'a> {
     /// The id template of the category being mapped, for `id_part`.
     pub id_template: Option<&'a IdTemplate>,
+    /// The mapping's code tables, for `code`.
+    pub code_tables: Option<&'a CodeTables>,
 }
 
 /// Every built-in transform: name, whether it takes an argument, and a one-line description.
 pub const TRANSFORMS: &[(&str, bool, &str)] = &[
+    ("code", true, "a code → its entry in the named code table (arg: the table, from `[code_tables]`)"),
     ("reference", true, "`123` or `Type/123` → `Type/123` (arg: the resource type)"),
     ("strip_reference", true, "`Type/123` or `123` → `123` (arg: the resource type)"),
     ("location_id", false, "a Location URL → its id (last path segment, ignoring `/_history/<vid>`)"),
@@ -42,6 +51,17 @@ pub fn apply(name: &str, arg: Option<&str>, input: &Value, ctx: &TransformContex
     };
     let arg = arg.unwrap_or("");
     Ok(Some(match name {
+        "code" => {
+            let s = text()?;
+            let table = ctx.code_tables.and_then(|t| t.get(arg)).ok_or_else(|| format!("no code table `{arg}`"))?;
+            match table.get(&s) {
+                Some(v) => Value::String(v.clone()),
+                None => {
+                    let known: Vec<&str> = table.keys().map(String::as_str).collect();
+                    return Err(format!("`{s}` is not in code table `{arg}`; known codes: {}", known.join(", ")));
+                }
+            }
+        }
         "reference" => {
             let s = text()?;
             let id = s.strip_prefix(&format!("{arg}/")).unwrap_or(&s);
@@ -140,7 +160,7 @@ mod tests {
     use serde_json::json;
 
     fn run(name: &str, arg: Option<&str>, input: Value) -> Result<Option<Value>, String> {
-        apply(name, arg, &input, &TransformContext { id_template: None })
+        apply(name, arg, &input, &TransformContext::default())
     }
 
     #[test]
@@ -170,6 +190,15 @@ mod tests {
     fn base64_size_counts_decoded_bytes() {
         assert_eq!(run("base64_size", None, json!("aGVsbG8=")).unwrap(), Some(json!(5)));
         assert!(run("base64_size", None, json!("%%%")).is_err());
+    }
+
+    #[test]
+    fn code_tables_translate_and_reject_unknown_codes() {
+        let tables: CodeTables = [("side".to_string(), [("left".to_string(), "L".to_string())].into())].into();
+        let ctx = TransformContext { id_template: None, code_tables: Some(&tables) };
+        assert_eq!(apply("code", Some("side"), &json!("left"), &ctx).unwrap(), Some(json!("L")));
+        let e = apply("code", Some("side"), &json!("right"), &ctx).unwrap_err();
+        assert!(e.contains("known codes: left"), "{e}");
     }
 
     #[test]
