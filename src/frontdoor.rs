@@ -530,24 +530,7 @@ async fn search(o: &OrgCtx, params: Vec<(String, String)>) -> Result<GatewayResp
         }
         None => {
             let category = choose_category(&o.mapping, category_name.as_deref())?;
-            let spec =
-                category.search.as_ref().ok_or_else(|| engine::not_supported(&o.mapping, "search", Some(category)))?;
-            let count = match count {
-                None => spec.count_default,
-                Some(c) => match c.parse::<u32>() {
-                    Ok(n) if n >= 1 => n.min(spec.count_max),
-                    _ => {
-                        return Err(GatewayError::invalid("`_count` must be a whole number of at least 1")
-                            .with_expression("_count"));
-                    }
-                },
-            };
-            for (name, _) in &search_params {
-                if !spec.params.contains_key(name) {
-                    return Err(engine::unsupported_param(&o.mapping, category, name));
-                }
-            }
-            (category, Run::search(&o.mapping, category, &search_params, count, o.context())?)
+            (category, Run::search(&o.mapping, category, &search_params, count.as_deref(), o.context())?)
         }
     };
     let outcome = o.client.run(&mut run).await?;

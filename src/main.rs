@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ehr_gateway::config::{Config, DEFAULT_CONFIG};
-use ehr_gateway::mapping::{MappingSet, Severity};
+use ehr_gateway::mapping::{MappingSet, Severity, golden};
 
 #[derive(Parser)]
 #[command(
@@ -43,11 +43,18 @@ enum Command {
 
 #[derive(Subcommand)]
 enum MappingsCommand {
-    /// Load and compile every mapping file, reporting every problem; exit 1 on any.
+    /// Load and compile every mapping file, reporting every problem; exit 1 on any error.
     Check {
         #[arg(default_value = "mappings")]
         dir: PathBuf,
     },
+    /// Run the golden cases in DIR/<mapping>/tests/*.toml; exit 1 on any failure.
+    Test {
+        #[arg(default_value = "mappings")]
+        dir: PathBuf,
+    },
+    /// Print the JSON Schema of the mapping format (for editors; committed as docs/mapping.schema.json).
+    Schema,
 }
 
 #[derive(Subcommand)]
@@ -124,6 +131,32 @@ async fn run(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Mappings { command: MappingsCommand::Test { dir } } => match MappingSet::load_dir(&dir) {
+            Ok(set) => {
+                let reports = golden::run_dir(&set, &dir);
+                print!("{}", golden::render(&reports, &dir));
+                let gaps = golden::coverage_gaps(&set, &reports);
+                for gap in &gaps {
+                    println!("missing: {gap}");
+                }
+                if reports.iter().all(|r| r.passed()) && gaps.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(diagnostics) => {
+                for d in &diagnostics {
+                    println!("{d}");
+                }
+                println!("the mappings do not load; fix them first (ehr-gateway mappings check)");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Mappings { command: MappingsCommand::Schema } => {
+            println!("{}", ehr_gateway::mapping::editor_schema());
+            ExitCode::SUCCESS
+        }
         Command::Sim { ehr: SimCommand::Canvas { instance, fhir, s3 } } => {
             ehr_gateway::logging::init("pretty");
             let config = ehr_gateway::sim::canvas::CanvasSimConfig::default();

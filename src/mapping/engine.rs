@@ -133,15 +133,28 @@ impl<'m> Run<'m> {
         Ok(Run::new(mapping, category, &interaction.steps, id_vars(category, gateway_id)?, Value::Null, ctx))
     }
 
-    /// A search with the given FHIR parameters (already checked to be supported) and page size.
+    /// A search with the given FHIR parameters and the raw `_count` (default and cap from the mapping).
     pub fn search(
         mapping: &'m Mapping,
         category: &'m Category,
         params: &[(String, String)],
-        count: u32,
+        count: Option<&str>,
         ctx: Context,
     ) -> Result<Self, GatewayError> {
         let search = category.search.as_ref().ok_or_else(|| not_supported(mapping, "search", Some(category)))?;
+        let count = match count {
+            None => search.count_default,
+            Some(c) => match c.parse::<u32>() {
+                Ok(n) if n >= 1 => n.min(search.count_max),
+                _ => {
+                    return Err(GatewayError::invalid("`_count` must be a whole number of at least 1")
+                        .with_expression("_count"));
+                }
+            },
+        };
+        if let Some((name, _)) = params.iter().find(|(name, _)| !search.params.contains_key(name)) {
+            return Err(unsupported_param(mapping, category, name));
+        }
         let mut vars = BTreeMap::new();
         vars.insert("_count".to_string(), Value::from(count));
         let raw: BTreeMap<String, Value> = params.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();

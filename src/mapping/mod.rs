@@ -4,6 +4,7 @@
 //! [`MappingRegistry`]), so requests in flight finish on the set they started with.
 
 pub mod engine;
+pub mod golden;
 pub mod ids;
 pub mod spec;
 pub mod template;
@@ -33,6 +34,13 @@ pub enum Severity {
     Error,
     /// Suspicious but usable (unused code tables, unreachable steps).
     Warning,
+}
+
+/// The JSON Schema of the mapping file format, generated from the types in `spec` (committed as
+/// `docs/mapping.schema.json` for editors; a test keeps it current).
+pub fn editor_schema() -> String {
+    let schema = schemars::schema_for!(spec::MappingFile);
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
 }
 
 /// One problem in a mapping file.

@@ -2,10 +2,11 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MappingFile {
     /// Which connector family this mapping drives: `canvas`, `athena`, `elation`, `epic`.
@@ -27,7 +28,7 @@ pub struct MappingFile {
     pub errors: Vec<ErrorRuleSpec>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSpec {
     /// `client_credentials` (OAuth2).
@@ -45,7 +46,7 @@ fn default_refresh_before() -> u64 {
     300
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CategorySpec {
     pub description: String,
@@ -64,7 +65,7 @@ pub struct CategorySpec {
     pub content: Option<InteractionSpec>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceSpec {
     /// Variables taken from the upstream object (expressions); the id template's variables must be here.
@@ -73,7 +74,7 @@ pub struct ResourceSpec {
     pub template: Value,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InteractionSpec {
     /// Expressions over the inbound resource; writes with equal keys run one at a time per connection.
@@ -85,7 +86,7 @@ pub struct InteractionSpec {
     pub steps: Vec<StepSpec>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSpec {
     /// Expression over the inbound resource.
@@ -107,7 +108,7 @@ pub struct CheckSpec {
     pub message: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     pub method: String,
@@ -133,7 +134,7 @@ pub struct StepSpec {
     pub result: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchSpec {
     /// Supported FHIR search parameters → the expression giving the upstream value (the parameter's value
@@ -153,14 +154,14 @@ pub struct SearchSpec {
     pub next: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CountSpec {
     pub default: u32,
     pub max: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorRuleSpec {
     /// `404`, or a class such as `5xx`.

@@ -1,0 +1,425 @@
+//! Golden mapping tests kept as data beside the mappings (`mappings/<name>/tests/*.toml`): a canonical
+//! request, the upstream requests the mapping must produce with the answers to feed back, and the
+//! expected FHIR result or OperationOutcome. Runs on the pure engine: no network, no clock.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::engine::{Context, Outcome, Run, UpstreamRequest, UpstreamResponse};
+use super::{Mapping, MappingSet};
+use crate::error::GatewayError;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenCase {
+    pub description: String,
+    /// `create`, `read`, `search` or `content`.
+    pub interaction: String,
+    /// Defaults to the mapping's default category (or, for reads, the category of the id).
+    #[serde(default)]
+    pub category: Option<String>,
+    /// The organization's FHIR base as clients see it.
+    #[serde(default = "default_fhir_base")]
+    pub fhir_base: String,
+    #[serde(default)]
+    pub request: RequestSpec,
+    #[serde(default)]
+    pub exchanges: Vec<Exchange>,
+    pub result: ResultSpec,
+}
+
+fn default_fhir_base() -> String {
+    "https://gateway.example/organizations/demo/fhir/4".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    /// The Media of a create.
+    #[serde(default)]
+    pub resource: Option<Value>,
+    /// The gateway id of a read or content fetch.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Search parameters, `_count` included.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Continue a search at this upstream `next` link instead.
+    #[serde(default)]
+    pub page_link: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exchange {
+    pub expect: ExpectedRequest,
+    pub respond: Respond,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedRequest {
+    pub method: String,
+    pub path: String,
+    /// Compared exactly (order-insensitive); omitted means no query.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Only the headers listed are compared.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// JSON body, or form fields for form-encoded steps; omitted means no body.
+    #[serde(default)]
+    pub body: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Respond {
+    pub status: u16,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: Option<Value>,
+    /// A non-JSON body, sent as is.
+    #[serde(default)]
+    pub body_text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultSpec {
+    #[serde(default)]
+    pub resource: Option<Value>,
+    #[serde(default)]
+    pub page: Option<PageSpec>,
+    /// The content step succeeded (the bytes are streamed by the gateway).
+    #[serde(default)]
+    pub bytes: bool,
+    #[serde(default)]
+    pub error: Option<ErrorSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageSpec {
+    pub entries: Vec<Value>,
+    #[serde(default)]
+    pub total: Option<u64>,
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorSpec {
+    pub status: u16,
+    pub code: String,
+    /// Text every OperationOutcome diagnostics line must contain, when given.
+    #[serde(default)]
+    pub message_contains: Option<String>,
+}
+
+/// The outcome of one case.
+#[derive(Debug)]
+pub struct CaseReport {
+    pub file: PathBuf,
+    pub mapping: String,
+    pub interaction: String,
+    pub category: String,
+    pub description: String,
+    /// Readable differences; empty when the case passed.
+    pub failures: Vec<String>,
+    /// Whether the case expects an error result from an upstream answer (error translation coverage).
+    pub translates_error: bool,
+}
+
+impl CaseReport {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Runs every case of every mapping in `set` found under `dir/<mapping>/tests/`.
+pub fn run_dir(set: &MappingSet, dir: &Path) -> Vec<CaseReport> {
+    let mut reports = Vec::new();
+    for (name, mapping) in &set.mappings {
+        let folder = dir.join(name).join("tests");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
+            .map(|e| {
+                e.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        for file in files {
+            reports.push(run_file(mapping, &file));
+        }
+    }
+    reports
+}
+
+pub fn run_file(mapping: &Mapping, file: &Path) -> CaseReport {
+    let mut report = CaseReport {
+        file: file.to_path_buf(),
+        mapping: mapping.name.clone(),
+        interaction: String::new(),
+        category: String::new(),
+        description: String::new(),
+        failures: Vec::new(),
+        translates_error: false,
+    };
+    let case: GoldenCase = match std::fs::read_to_string(file)
+        .map_err(|e| e.to_string())
+        .and_then(|t| toml::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            report.failures.push(format!("cannot read the case: {e}"));
+            return report;
+        }
+    };
+    report.interaction = case.interaction.clone();
+    report.description = case.description.clone();
+    report.translates_error = case.result.error.is_some() && !case.exchanges.is_empty();
+    match run_case(mapping, &case, &mut report.category) {
+        Ok(failures) => report.failures = failures,
+        Err(e) => report.failures.push(e),
+    }
+    report
+}
+
+fn run_case(mapping: &Mapping, case: &GoldenCase, category_name: &mut String) -> Result<Vec<String>, String> {
+    let ctx = Context { fhir_base: case.fhir_base.clone() };
+    let category = match (&case.category, &case.request.id) {
+        (Some(c), _) => mapping.category(c).ok_or_else(|| format!("no category `{c}`"))?,
+        (None, Some(id)) if case.interaction != "create" => {
+            mapping.category_for_id(id).map(|(c, _)| c).ok_or_else(|| format!("`{id}` matches no category id"))?
+        }
+        _ => mapping.category(&mapping.default_category).ok_or("no default category")?,
+    };
+    *category_name = category.name.clone();
+    let id = || case.request.id.clone().ok_or("this interaction needs `request.id`".to_string());
+    let started = match case.interaction.as_str() {
+        "create" => Run::create(
+            mapping,
+            category,
+            case.request.resource.clone().ok_or("a create needs `request.resource`")?,
+            ctx,
+        ),
+        "read" => Run::read(mapping, category, &id()?, ctx),
+        "content" => Run::content(mapping, category, &id()?, ctx),
+        "search" => match &case.request.page_link {
+            Some(link) => Run::search_page(mapping, category, link, ctx),
+            None => {
+                let params: Vec<(String, String)> = case
+                    .request
+                    .params
+                    .iter()
+                    .filter(|(k, _)| *k != "_count")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                Run::search(mapping, category, &params, case.request.params.get("_count").map(String::as_str), ctx)
+            }
+        },
+        other => return Err(format!("unknown interaction `{other}`; use create, read, search or content")),
+    };
+    let mut failures = Vec::new();
+    let mut exchanges = case.exchanges.iter().enumerate();
+    let outcome: Result<Outcome, GatewayError> = match started {
+        Err(e) => Err(e),
+        Ok(mut run) => loop {
+            let request = match run.next_request() {
+                Ok(r) => r,
+                Err(e) => break Err(e),
+            };
+            let Some((i, exchange)) = exchanges.next() else {
+                failures.push(format!(
+                    "unexpected upstream request #{}: {} {}",
+                    case.exchanges.len() + 1,
+                    request.method,
+                    request.path
+                ));
+                return Ok(failures);
+            };
+            compare_request(&format!("exchanges[{i}]"), &exchange.expect, &request, &mut failures);
+            match run.on_response(&response(&exchange.respond)?) {
+                Ok(Some(outcome)) => break Ok(outcome),
+                Ok(None) => {}
+                Err(e) => break Err(e),
+            }
+        },
+    };
+    if let Some((i, e)) = exchanges.next() {
+        failures.push(format!(
+            "exchanges[{i}]: expected {} {} but the mapping sent no more requests",
+            e.expect.method, e.expect.path
+        ));
+    }
+    compare_result(&case.result, outcome, &mut failures);
+    Ok(failures)
+}
+
+fn response(respond: &Respond) -> Result<UpstreamResponse, String> {
+    let mut headers = HeaderMap::new();
+    for (k, v) in &respond.headers {
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("bad header name `{k}`"))?;
+        headers.insert(name, HeaderValue::from_str(v).map_err(|_| format!("bad header value for `{k}`"))?);
+    }
+    let body = match (&respond.body, &respond.body_text) {
+        (Some(v), _) => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+        (None, Some(t)) => Bytes::from(t.clone()),
+        (None, None) => Bytes::new(),
+    };
+    Ok(UpstreamResponse { status: respond.status, headers, body })
+}
+
+fn compare_request(at: &str, expected: &ExpectedRequest, actual: &UpstreamRequest, failures: &mut Vec<String>) {
+    if !expected.method.eq_ignore_ascii_case(actual.method.as_str()) {
+        failures.push(format!("{at}.method: expected {}, got {}", expected.method, actual.method));
+    }
+    if expected.path != actual.path {
+        failures.push(format!("{at}.path: expected {:?}, got {:?}", expected.path, actual.path));
+    }
+    let query: BTreeMap<String, String> = actual.query.iter().cloned().collect();
+    diff(&format!("{at}.query"), &json!(expected.query), &json!(query), failures);
+    for (name, value) in &expected.headers {
+        let got = actual.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+        if got != Some(value.as_str()) {
+            failures.push(format!("{at}.headers.{name}: expected {value:?}, got {got:?}"));
+        }
+    }
+    let body: Option<Value> = actual.body.as_ref().map(|b| match actual.content_type {
+        Some("application/x-www-form-urlencoded") => {
+            json!(form_urlencoded::parse(b).into_owned().collect::<BTreeMap<String, String>>())
+        }
+        _ => serde_json::from_slice(b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into_owned())),
+    });
+    match (&expected.body, &body) {
+        (None, None) => {}
+        (Some(e), Some(a)) => diff(&format!("{at}.body"), e, a, failures),
+        (Some(_), None) => failures.push(format!("{at}.body: expected a body, the mapping sent none")),
+        (None, Some(_)) => failures.push(format!("{at}.body: the mapping sent a body the case does not expect")),
+    }
+}
+
+fn compare_result(expected: &ResultSpec, actual: Result<Outcome, GatewayError>, failures: &mut Vec<String>) {
+    match (expected, actual) {
+        (ResultSpec { error: Some(e), .. }, Err(got)) => {
+            if got.status.as_u16() != e.status {
+                failures.push(format!("result.error.status: expected {}, got {}", e.status, got.status.as_u16()));
+            }
+            if got.code().as_str() != e.code {
+                failures.push(format!("result.error.code: expected {}, got {}", e.code, got.code().as_str()));
+            }
+            if let Some(text) = &e.message_contains {
+                if !got.issues.iter().all(|i| i.message.contains(text.as_str())) {
+                    failures
+                        .push(format!("result.error.message: expected to contain {text:?}, got {:?}", got.message()));
+                }
+            }
+        }
+        (ResultSpec { error: None, .. }, Err(got)) => {
+            failures.push(format!("result: expected success, got error {got}"))
+        }
+        (ResultSpec { error: Some(e), .. }, Ok(_)) => {
+            failures.push(format!("result: expected error {} {}, got success", e.status, e.code))
+        }
+        (ResultSpec { resource: Some(e), .. }, Ok(Outcome::Resource(r))) => diff("result.resource", e, &r, failures),
+        (ResultSpec { page: Some(p), .. }, Ok(Outcome::Page { entries, total, next })) => {
+            diff("result.page.entries", &json!(p.entries), &json!(entries), failures);
+            if p.total != total {
+                failures.push(format!("result.page.total: expected {:?}, got {total:?}", p.total));
+            }
+            if p.next != next {
+                failures.push(format!("result.page.next: expected {:?}, got {next:?}", p.next));
+            }
+        }
+        (ResultSpec { bytes: true, .. }, Ok(Outcome::Bytes)) => {}
+        (_, Ok(other)) => {
+            failures.push(format!("result: the case expects another kind of result than {}", kind(&other)))
+        }
+    }
+}
+
+fn kind(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Resource(_) => "a resource",
+        Outcome::Page { .. } => "a search page",
+        Outcome::Bytes => "bytes",
+    }
+}
+
+/// Lists the differences between two JSON values as `path: expected …, got …` lines.
+pub fn diff(at: &str, expected: &Value, actual: &Value, out: &mut Vec<String>) {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => {
+            for (k, ev) in e {
+                match a.get(k) {
+                    Some(av) => diff(&format!("{at}.{k}"), ev, av, out),
+                    None => out.push(format!("{at}.{k}: expected {ev}, missing")),
+                }
+            }
+            for (k, av) in a {
+                if !e.contains_key(k) {
+                    out.push(format!("{at}.{k}: unexpected {av}"));
+                }
+            }
+        }
+        (Value::Array(e), Value::Array(a)) if e.len() == a.len() => {
+            for (i, (ev, av)) in e.iter().zip(a).enumerate() {
+                diff(&format!("{at}[{i}]"), ev, av, out);
+            }
+        }
+        (e, a) if e != a => out.push(format!("{at}: expected {e}, got {a}")),
+        _ => {}
+    }
+}
+
+/// The one-line-per-case report with diffs, and a closing `N passed, M failed` line.
+pub fn render(reports: &[CaseReport], root: &Path) -> String {
+    let mut out = String::new();
+    for r in reports {
+        let file = r.file.strip_prefix(root).unwrap_or(&r.file).display();
+        let status = if r.passed() { "ok  " } else { "FAIL" };
+        let _ = writeln!(out, "{status} {file} ({} {}): {}", r.interaction, r.category, r.description);
+        for f in &r.failures {
+            let _ = writeln!(out, "       {f}");
+        }
+    }
+    let passed = reports.iter().filter(|r| r.passed()).count();
+    let _ = writeln!(out, "mappings: {passed} passed, {} failed", reports.len() - passed);
+    out
+}
+
+/// Interactions and categories of `set` that no case covers, and mappings without an error-translation case.
+pub fn coverage_gaps(set: &MappingSet, reports: &[CaseReport]) -> Vec<String> {
+    let mut gaps = Vec::new();
+    let covered =
+        |m: &str, c: &str, i: &str| reports.iter().any(|r| r.mapping == m && r.category == c && r.interaction == i);
+    for (name, mapping) in &set.mappings {
+        for (cname, c) in &mapping.categories {
+            let declared = [
+                ("create", c.create.is_some()),
+                ("read", c.read.is_some()),
+                ("search", c.search.is_some()),
+                ("content", c.content.is_some()),
+            ];
+            for (interaction, present) in declared {
+                if present && !covered(name, cname, interaction) {
+                    gaps.push(format!("{name}: no golden case for {interaction} of category {cname}"));
+                }
+            }
+        }
+        if !reports.iter().any(|r| &r.mapping == name && r.translates_error) {
+            gaps.push(format!("{name}: no golden case translates an upstream error"));
+        }
+    }
+    gaps
+}
