@@ -318,11 +318,10 @@ fn compare_result(expected: &ResultSpec, actual: Result<Outcome, GatewayError>, 
             if got.code().as_str() != e.code {
                 failures.push(format!("result.error.code: expected {}, got {}", e.code, got.code().as_str()));
             }
-            if let Some(text) = &e.message_contains {
-                if !got.issues.iter().all(|i| i.message.contains(text.as_str())) {
-                    failures
-                        .push(format!("result.error.message: expected to contain {text:?}, got {:?}", got.message()));
-                }
+            if let Some(text) = &e.message_contains
+                && !got.issues.iter().all(|i| i.message.contains(text.as_str()))
+            {
+                failures.push(format!("result.error.message: expected to contain {text:?}, got {:?}", got.message()));
             }
         }
         (ResultSpec { error: None, .. }, Err(got)) => {

@@ -424,12 +424,12 @@ impl Compiler<'_> {
                     }
                 }
             }
-            if let (Some(var), Some(vars)) = (e.variable(), vars) {
-                if !vars.contains(var) {
-                    let hint = suggest(var, vars.iter().map(String::as_str));
-                    let available = vars.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
-                    self.error(key, format!("unknown variable `{var}`{hint} (available here: {available})"));
-                }
+            if let (Some(var), Some(vars)) = (e.variable(), vars)
+                && !vars.contains(var)
+            {
+                let hint = suggest(var, vars.iter().map(String::as_str));
+                let available = vars.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
+                self.error(key, format!("unknown variable `{var}`{hint} (available here: {available})"));
             }
         }
     }
