@@ -46,20 +46,61 @@ const FHIR_PREFIX: &str = "/fhir/4";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Healthz,
-    Metadata { org: String },
-    Create { org: String },
-    Search { org: String },
-    SearchPost { org: String },
-    HistoryType { org: String },
-    Read { org: String, id: String },
-    Update { org: String, id: String },
-    Patch { org: String, id: String },
-    Delete { org: String, id: String },
-    HistoryInstance { org: String, id: String },
-    VRead { org: String, id: String, version: String },
-    Content { org: String, id: String },
-    MethodNotAllowed { org: Option<String>, allowed: &'static str },
-    NotFound { org: Option<String> },
+    /// `GET /admin/mappings`: the active mapping set and the last reload.
+    AdminMappings,
+    /// `POST /admin/mappings/reload`: reload the mapping folder now.
+    AdminReload,
+    Metadata {
+        org: String,
+    },
+    Create {
+        org: String,
+    },
+    Search {
+        org: String,
+    },
+    SearchPost {
+        org: String,
+    },
+    HistoryType {
+        org: String,
+    },
+    Read {
+        org: String,
+        id: String,
+    },
+    Update {
+        org: String,
+        id: String,
+    },
+    Patch {
+        org: String,
+        id: String,
+    },
+    Delete {
+        org: String,
+        id: String,
+    },
+    HistoryInstance {
+        org: String,
+        id: String,
+    },
+    VRead {
+        org: String,
+        id: String,
+        version: String,
+    },
+    Content {
+        org: String,
+        id: String,
+    },
+    MethodNotAllowed {
+        org: Option<String>,
+        allowed: &'static str,
+    },
+    NotFound {
+        org: Option<String>,
+    },
 }
 
 impl Route {
@@ -70,6 +111,13 @@ impl Route {
             } else {
                 Route::MethodNotAllowed { org: None, allowed: "GET" }
             };
+        }
+        match (path, method) {
+            ("/admin/mappings", &Method::GET) => return Route::AdminMappings,
+            ("/admin/mappings/reload", &Method::POST) => return Route::AdminReload,
+            ("/admin/mappings", _) => return Route::MethodNotAllowed { org: None, allowed: "GET" },
+            ("/admin/mappings/reload", _) => return Route::MethodNotAllowed { org: None, allowed: "POST" },
+            _ => {}
         }
         let Some(rest) = path.strip_prefix("/organizations/") else { return Route::NotFound { org: None } };
         let (org, rest) = rest.split_once('/').unwrap_or((rest, ""));
@@ -144,7 +192,7 @@ impl Route {
 
     pub fn organization(&self) -> Option<&str> {
         match self {
-            Route::Healthz => None,
+            Route::Healthz | Route::AdminMappings | Route::AdminReload => None,
             Route::MethodNotAllowed { org, .. } | Route::NotFound { org } => org.as_deref(),
             Route::Metadata { org }
             | Route::Create { org }
@@ -165,6 +213,8 @@ impl Route {
     pub fn interaction(&self) -> &'static str {
         match self {
             Route::Healthz => "healthz",
+            Route::AdminMappings => "admin-mappings",
+            Route::AdminReload => "admin-reload",
             Route::Metadata { .. } => "capabilities",
             Route::Create { .. } => "create",
             Route::Search { .. } | Route::SearchPost { .. } => "search-type",
@@ -228,6 +278,15 @@ pub async fn handle(state: Arc<AppState>, req: GatewayRequest) -> Result<Gateway
     let route = Route::classify(req.method(), req.uri().path());
     match route {
         Route::Healthz => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        Route::AdminMappings => Ok(admin_json(StatusCode::OK, &state.reloader.status())),
+        Route::AdminReload => {
+            let reloader = state.reloader.clone();
+            let outcome = tokio::task::spawn_blocking(move || reloader.reload("admin request"))
+                .await
+                .map_err(|_| GatewayError::gateway("the reload task failed"))?;
+            let status = if outcome.accepted { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+            Ok(admin_json(status, &state.reloader.status()))
+        }
         Route::NotFound { .. } => Err(GatewayError::not_found(
             "no such endpoint; the API lives at /organizations/{id|slug}/fhir/4/Media and /metadata",
         )),
@@ -315,6 +374,12 @@ pub async fn handle(state: Arc<AppState>, req: GatewayRequest) -> Result<Gateway
             content(&o, id).await
         }
     }
+}
+
+fn admin_json(status: StatusCode, value: &Value) -> GatewayResponse {
+    let mut r = json_response(status, value);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
 }
 
 fn unsupported_media_type(message: &str) -> GatewayError {
@@ -709,11 +774,10 @@ fn capability_statement(o: &OrgCtx, state: &AppState) -> Value {
         })
         .collect();
     let unsupported: Vec<String> = m.unsupported.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    let loaded: chrono_free::Iso = chrono_free::Iso::from(set.loaded_at);
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": loaded.0,
+        "date": rfc3339(set.loaded_at),
         "kind": "instance",
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
@@ -729,6 +793,11 @@ fn capability_statement(o: &OrgCtx, state: &AppState) -> Value {
             }]
         }]
     })
+}
+
+/// RFC 3339 / FHIR instant text (UTC, seconds) of a time.
+pub fn rfc3339(t: SystemTime) -> String {
+    chrono_free::Iso::from(t).0
 }
 
 /// Minimal RFC 3339 formatting of a SystemTime (UTC), without a date-time crate.

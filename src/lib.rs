@@ -9,6 +9,7 @@ pub mod frontdoor;
 pub mod logging;
 pub mod mapping;
 pub mod middleware;
+pub mod reload;
 pub mod server;
 pub mod sim;
 pub mod state;

@@ -27,6 +27,7 @@ use crate::middleware::request_id::RequestIdLayer;
 use crate::middleware::timeout::TimeoutLayer;
 use crate::middleware::trace::TraceLayer;
 use crate::middleware::{GatewayRequest, GatewayResponse};
+use crate::reload::Reloader;
 use crate::sim::canvas::{CanvasSim, CanvasSimConfig, CanvasSimHandle};
 use crate::state::{AppState, CreatedLog, Directory};
 use crate::upstream::token::{TokenCache, TokenSource};
@@ -48,6 +49,8 @@ pub struct Running {
     /// Simulators by connection name.
     pub simulators: HashMap<String, Simulator>,
     shutdown: watch::Sender<bool>,
+    /// Keeps the mapping folder watcher alive.
+    _watcher: Box<dyn Send>,
 }
 
 impl Running {
@@ -98,26 +101,7 @@ pub async fn build_state(config: Config) -> Result<(Arc<AppState>, HashMap<Strin
         let lines: Vec<String> = diagnostics.iter().map(|d| format!("  - {d}")).collect();
         format!("mapping set has {} problem(s):\n{}", diagnostics.len(), lines.join("\n"))
     })?;
-    let mut problems = Vec::new();
-    for (i, org) in config.organizations.iter().enumerate() {
-        match set.get(&org.mapping) {
-            None => problems.push(format!(
-                "organizations[{i}].mapping: no mapping `{}` in {}",
-                org.mapping,
-                set.dir.display()
-            )),
-            Some(m) => {
-                if let Some(c) = config.connections.get(&org.connection)
-                    && c.ehr != m.ehr
-                {
-                    problems.push(format!(
-                        "organizations[{i}]: connection `{}` is {} but mapping `{}` is for {}",
-                        org.connection, c.ehr, org.mapping, m.ehr
-                    ));
-                }
-            }
-        }
-    }
+    let problems = crate::reload::fit_problems(&config, &set);
     if !problems.is_empty() {
         return Err(format!("configuration does not fit the mappings:\n  - {}", problems.join("\n  - ")));
     }
@@ -181,9 +165,11 @@ pub async fn build_state(config: Config) -> Result<(Arc<AppState>, HashMap<Strin
         };
         clients.insert(name.clone(), Arc::new(UpstreamClient::new(settings, transport, tokens)));
     }
+    let registry = Arc::new(MappingRegistry::new(set));
     let state = AppState {
         directory: Arc::new(Directory::from_config(&config)),
-        registry: Arc::new(MappingRegistry::new(set)),
+        reloader: Arc::new(Reloader::new(registry.clone(), config.clone())),
+        registry,
         clients,
         public_base: config.public_base_url(),
         created: CreatedLog::default(),
@@ -209,6 +195,7 @@ pub async fn start(mut config: Config) -> Result<Running, String> {
     // With port 0 the real port is known only now; links must use it.
     config.server.listen = addr;
     let (state, simulators) = build_state(config).await?;
+    let watcher = crate::reload::spawn(state.reloader.clone(), Duration::from_millis(200))?;
     let service = build_service(state.clone());
     let (shutdown, mut stop) = watch::channel(false);
     tokio::spawn(async move {
@@ -229,5 +216,5 @@ pub async fn start(mut config: Config) -> Result<Running, String> {
         }
     });
     tracing::info!(%addr, "ehr-gateway listening");
-    Ok(Running { addr, state, simulators, shutdown })
+    Ok(Running { addr, state, simulators, shutdown, _watcher: Box::new(watcher) })
 }

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::mapping::MappingRegistry;
+use crate::reload::Reloader;
 use crate::upstream::UpstreamClient;
 
 /// A configured organization, as a request extension after resolution.
@@ -101,6 +102,7 @@ pub struct AppState {
     pub clients: HashMap<String, Arc<UpstreamClient>>,
     pub public_base: String,
     pub created: CreatedLog,
+    pub reloader: Arc<Reloader>,
 }
 
 impl AppState {

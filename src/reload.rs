@@ -1,0 +1,186 @@
+//! Hot reload of the mapping set: on a file change in the mapping folder (debounced) or SIGHUP, the
+//! folder is loaded and checked; a valid set is published atomically, an invalid one is rejected with
+//! all its diagnostics logged while the previous set keeps serving. Requests in flight keep the set they
+//! started with (they hold an `Arc` snapshot).
+//!
+//! The `[auth]` section of a mapping is read when upstream clients are built, so auth changes need a
+//! restart; everything else takes effect on the next request.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use notify_debouncer_mini::notify::RecursiveMode;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::mapping::{MappingRegistry, MappingSet};
+
+/// Organizations whose mapping is missing from `set` or made for another EHR than their connection.
+pub fn fit_problems(config: &Config, set: &MappingSet) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, org) in config.organizations.iter().enumerate() {
+        match set.get(&org.mapping) {
+            None => problems.push(format!(
+                "organizations[{i}].mapping: no mapping `{}` in {}",
+                org.mapping,
+                set.dir.display()
+            )),
+            Some(m) => {
+                if let Some(c) = config.connections.get(&org.connection)
+                    && c.ehr != m.ehr
+                {
+                    problems.push(format!(
+                        "organizations[{i}]: connection `{}` is {} but mapping `{}` is for {}",
+                        org.connection, c.ehr, org.mapping, m.ehr
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// The outcome of the last reload attempt, shown at `GET /admin/mappings`.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub at: SystemTime,
+    pub trigger: String,
+    pub accepted: bool,
+    pub version: Option<String>,
+    pub diagnostics: Vec<String>,
+}
+
+pub struct Reloader {
+    registry: Arc<MappingRegistry>,
+    config: Config,
+    dir: PathBuf,
+    last: Mutex<Option<ReloadOutcome>>,
+}
+
+impl Reloader {
+    pub fn new(registry: Arc<MappingRegistry>, config: Config) -> Self {
+        let dir = config.server.mappings_dir.clone();
+        Reloader { registry, config, dir, last: Mutex::new(None) }
+    }
+
+    /// Loads the folder and publishes it if valid; returns the outcome either way.
+    pub fn reload(&self, trigger: &str) -> ReloadOutcome {
+        let current = self.registry.snapshot().version.clone();
+        let outcome = match MappingSet::load_dir(&self.dir) {
+            Ok(set) => {
+                let problems = fit_problems(&self.config, &set);
+                if problems.is_empty() {
+                    let version = set.version.clone();
+                    if version != current {
+                        self.registry.publish(set);
+                    }
+                    ReloadOutcome {
+                        at: SystemTime::now(),
+                        trigger: trigger.into(),
+                        accepted: true,
+                        version: Some(version),
+                        diagnostics: vec![],
+                    }
+                } else {
+                    ReloadOutcome {
+                        at: SystemTime::now(),
+                        trigger: trigger.into(),
+                        accepted: false,
+                        version: None,
+                        diagnostics: problems,
+                    }
+                }
+            }
+            Err(diagnostics) => ReloadOutcome {
+                at: SystemTime::now(),
+                trigger: trigger.into(),
+                accepted: false,
+                version: None,
+                diagnostics: diagnostics.iter().map(ToString::to_string).collect(),
+            },
+        };
+        if outcome.accepted {
+            tracing::info!(trigger, version = outcome.version.as_deref().unwrap_or(""), previous = %current, "mapping set reloaded");
+        } else {
+            // Diagnostics name files, lines and keys of the mapping files: no request data.
+            tracing::warn!(trigger, problems = outcome.diagnostics.len(), kept = %current, "mapping reload rejected; the previous set keeps serving");
+            for d in &outcome.diagnostics {
+                tracing::warn!(diagnostic = %d, "mapping problem");
+            }
+        }
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome.clone());
+        outcome
+    }
+
+    pub fn last(&self) -> Option<ReloadOutcome> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The admin view: active set and last reload.
+    pub fn status(&self) -> Value {
+        let set = self.registry.snapshot();
+        let last = self.last().map(|o| {
+            json!({
+                "at": crate::frontdoor::rfc3339(o.at),
+                "trigger": o.trigger,
+                "outcome": if o.accepted { "accepted" } else { "rejected" },
+                "version": o.version,
+                "diagnostics": o.diagnostics,
+            })
+        });
+        json!({
+            "active": {
+                "version": set.version,
+                "loaded_at": crate::frontdoor::rfc3339(set.loaded_at),
+                "dir": set.dir.display().to_string(),
+                "mappings": set.mappings.keys().collect::<Vec<_>>(),
+                "warnings": set.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            },
+            "last_reload": last,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Watches the mapping folder and listens for SIGHUP, reloading on either, until the process ends.
+/// Returns the watcher, which must be kept alive.
+pub fn spawn(reloader: Arc<Reloader>, debounce: Duration) -> Result<impl Send, String> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let file_tx = tx.clone();
+    let mut debouncer =
+        notify_debouncer_mini::new_debouncer(debounce, move |result: notify_debouncer_mini::DebounceEventResult| {
+            if result.is_ok_and(|events| !events.is_empty()) {
+                let _ = file_tx.send("file change");
+            }
+        })
+        .map_err(|e| format!("cannot watch the mapping folder: {e}"))?;
+    debouncer
+        .watcher()
+        .watch(reloader.dir(), RecursiveMode::Recursive)
+        .map_err(|e| format!("cannot watch {}: {e}", reloader.dir().display()))?;
+    #[cfg(unix)]
+    {
+        let hup_tx = tx.clone();
+        if let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    if hup_tx.send("SIGHUP").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+    tokio::spawn(async move {
+        while let Some(trigger) = rx.recv().await {
+            // Loading reads files: keep it off the async workers.
+            let r = reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || r.reload(trigger)).await;
+        }
+    });
+    Ok(debouncer)
+}
