@@ -92,6 +92,8 @@ pub struct GatewayError {
     pub retryable: bool,
     /// How long the caller should wait before retrying, when known.
     pub retry_after: Option<Duration>,
+    /// The upstream never answered (timeout, broken connection): a write may or may not have happened.
+    pub no_answer: bool,
     pub issues: Vec<Issue>,
 }
 
@@ -102,6 +104,7 @@ impl GatewayError {
             side,
             retryable: false,
             retry_after: None,
+            no_answer: false,
             issues: vec![Issue { code, message: message.into(), expression: Vec::new() }],
         }
     }
@@ -125,7 +128,7 @@ impl GatewayError {
 
     /// Several client issues reported at once (validation).
     pub fn client_issues(status: StatusCode, issues: Vec<Issue>) -> Self {
-        GatewayError { status, side: Side::Client, retryable: false, retry_after: None, issues }
+        GatewayError { status, side: Side::Client, retryable: false, retry_after: None, no_answer: false, issues }
     }
 
     pub fn with_expression(mut self, expression: impl Into<String>) -> Self {

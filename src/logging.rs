@@ -4,7 +4,13 @@
 use tracing_subscriber::EnvFilter;
 
 pub fn init(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // HTTP libraries log URLs (Canvas redirects to presigned S3 URLs) at debug level: never let them.
+    for quiet in ["reqwest=info", "hyper=info", "hyper_util=info", "h2=info", "rustls=info"] {
+        if let Ok(directive) = quiet.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = if format == "pretty" {

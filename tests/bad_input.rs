@@ -235,6 +235,16 @@ fn cases() -> Vec<Case> {
             "must not carry an id",
         ),
         c("unknown path", "GET", "/nothing-here", vec![], vec![], 404, "not-found", "/organizations/"),
+        c(
+            "empty organization",
+            "GET",
+            "/organizations//fhir/4/Media?patient=1",
+            vec![],
+            vec![],
+            404,
+            "not-found",
+            "/organizations/",
+        ),
     ]
 }
 

@@ -230,6 +230,60 @@ async fn upstream_faults_become_clear_outcomes() {
     assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("cv.00000000-0000-4000-8000-000000000000"));
 }
 
+#[tokio::test]
+async fn a_create_whose_read_back_fails_is_still_a_201_with_its_location() {
+    use ehr_gateway::sim::canvas::{Fault, FaultAction};
+    let gw = start().await;
+    let client = http();
+    let base = base(&gw);
+    let sim = gw.canvas_sim("demo-canvas").unwrap();
+    sim.inject(
+        Fault::new(FaultAction::Status(503)).with_method(http::Method::GET).with_path_prefix("/Media/").repeat(3),
+    );
+    let r = post_media(&client, &base, create_body()).await;
+    assert_eq!(r.status(), 201);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let oo: Value = r.json_body().await;
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    assert_eq!(oo["issue"][0]["severity"], "warning");
+    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("Do not send the create again"));
+    assert_eq!(sim.stats().creates_received, 1);
+    let (status, media) = get_json(&client, &location).await;
+    assert_eq!(status, 200, "the Location is real: {media}");
+}
+
+#[tokio::test]
+async fn a_forged_page_token_cannot_widen_the_search() {
+    use base64::Engine as _;
+    let gw = start().await;
+    let client = http();
+    let base = base(&gw);
+    let forge = |link: &str| {
+        let token = serde_json::json!({"c": "visual-exam-finding", "l": link}).to_string();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
+    };
+    for link in [
+        "/Media?_count=100000",
+        "/Media?patient=Patient%2Fx&_revinclude=*",
+        "/Patient?_count=10",
+        "//evil.example/Media?patient=x",
+        "http://evil.example/Media?patient=x",
+    ] {
+        let (status, oo) = get_json(&client, &format!("{base}/Media?_page={}", forge(link))).await;
+        assert_eq!(status, 400, "{link}: {oo}");
+        assert_eq!(oo["issue"][0]["expression"][0], "_page", "{link}");
+    }
+    let (status, _) = get_json(&client, &format!("{base}/Media?_page=not-base64!")).await;
+    assert_eq!(status, 400);
+    // An honest one still works, with the page size capped.
+    let (status, page) = get_json(
+        &client,
+        &format!("{base}/Media?_page={}", forge(&format!("/Media?patient=Patient%2F{PATIENT}&_count=500&_offset=0"))),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+}
+
 /// Small helper so tests read a JSON body in one call.
 trait JsonBody {
     async fn json_body(self) -> Value;

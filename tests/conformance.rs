@@ -56,7 +56,8 @@ async fn read_and_search_output_conform_to_the_fhir_r4_schema() {
     let media_schema = validator_for("Media");
     let bundle_schema = validator_for("Bundle");
 
-    let (_, bundle) = get_json(&client, &format!("{base}/Media?patient=Patient/{PATIENT}&_count=1")).await;
+    let (status, bundle) = get_json(&client, &format!("{base}/Media?patient=Patient/{PATIENT}&_count=1")).await;
+    assert_eq!((status, bundle["resourceType"].as_str()), (200, Some("Bundle")));
     assert!(schema_errors(&bundle_schema, &bundle).is_empty(), "{:?}", schema_errors(&bundle_schema, &bundle));
     let all = search_all(&client, &format!("{base}/Media?patient=Patient/{PATIENT}")).await;
     assert_eq!(all.len(), 2);
@@ -69,11 +70,14 @@ async fn read_and_search_output_conform_to_the_fhir_r4_schema() {
             assert!(errors.is_empty(), "{errors:?}\n{m}");
         }
     }
-    let (_, history) = get_json(&client, &format!("{base}/Media/_history")).await;
+    let (status, history) = get_json(&client, &format!("{base}/Media/_history")).await;
+    assert_eq!((status, history["type"].as_str()), (200, Some("history")));
     assert!(schema_errors(&bundle_schema, &history).is_empty(), "{:?}", schema_errors(&bundle_schema, &history));
-    let (_, outcome) = get_json(&client, &format!("{base}/Media/cv.nope")).await;
+    let (status, outcome) = get_json(&client, &format!("{base}/Media/cv.nope")).await;
+    assert_eq!((status, outcome["resourceType"].as_str()), (404, Some("OperationOutcome")));
     assert!(schema_errors(&validator_for("OperationOutcome"), &outcome).is_empty());
-    let (_, capability) = get_json(&client, &format!("{base}/metadata")).await;
+    let (status, capability) = get_json(&client, &format!("{base}/metadata")).await;
+    assert_eq!((status, capability["resourceType"].as_str()), (200, Some("CapabilityStatement")));
     let errors = schema_errors(&validator_for("CapabilityStatement"), &capability);
     assert!(errors.is_empty(), "{errors:?}");
 }

@@ -19,7 +19,7 @@ async fn logs_of_a_full_flow_carry_no_phi_or_secrets() {
     std::fs::write(&config, sandbox_config("")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ehr-gateway"))
         .args(["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info,ehr_gateway=debug")
+        .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -62,7 +62,10 @@ async fn logs_of_a_full_flow_carry_no_phi_or_secrets() {
     let content = client.get(media["content"]["url"].as_str().unwrap()).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(content.status(), 200);
     content.bytes().await.unwrap();
-    assert_eq!(get_json(&client, &format!("{base}/Media?patient=Patient/{PATIENT}")).await.0, 200);
+    assert_eq!(post_media(&client, &base, create_body()).await.status(), 201);
+    let all = search_all(&client, &format!("{base}/Media?patient=Patient/{PATIENT}&_count=1")).await;
+    assert_eq!(all.len(), 2, "paged through _page tokens");
+    assert_eq!(get_json(&client, &format!("{base}/Media/cv.00000000-0000-4000-8000-000000000000")).await.0, 404);
     assert_eq!(post_media(&client, &base, serde_json::json!({"resourceType": "Media"})).await.status(), 400);
     assert_eq!(client.get(format!("{base}/Media/{id}")).bearer_auth("wrong-token").send().await.unwrap().status(), 401);
 

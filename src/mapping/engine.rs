@@ -16,7 +16,8 @@ use super::{Category, Encoding, Interaction, Mapping, Step, StepResult};
 use crate::error::{GatewayError, Issue, IssueCode, Side};
 
 /// One request for the upstream client. Paths are relative to the connection's base URL.
-#[derive(Debug, Clone, PartialEq)]
+/// `Debug` leaves out query values, headers and the body: they can carry patient data.
+#[derive(Clone, PartialEq)]
 pub struct UpstreamRequest {
     pub method: Method,
     pub path: String,
@@ -24,6 +25,17 @@ pub struct UpstreamRequest {
     pub headers: Vec<(String, String)>,
     pub body: Option<Bytes>,
     pub content_type: Option<&'static str>,
+}
+
+impl std::fmt::Debug for UpstreamRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamRequest")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("query_keys", &self.query.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("body_bytes", &self.body.as_ref().map(Bytes::len))
+            .finish_non_exhaustive()
+    }
 }
 
 impl UpstreamRequest {
@@ -47,9 +59,15 @@ pub struct Context {
     pub fhir_base: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Outcome {
     Resource(Value),
+    /// A write succeeded upstream but a later step (the read-back) failed: the resource exists under
+    /// `id`, and `problem` says what could not be done. The client must not resend the write.
+    Written {
+        id: String,
+        problem: GatewayError,
+    },
     Page {
         entries: Vec<Value>,
         total: Option<u64>,
@@ -70,6 +88,8 @@ pub struct Run<'m> {
     ctx: Context,
     /// A `next` link to follow instead of rendering the search step (paging).
     next_link: Option<(String, Vec<(String, String)>)>,
+    /// A non-idempotent step has succeeded: the EHR changed.
+    wrote: bool,
 }
 
 fn mapping_error(mapping: &Mapping, message: String) -> GatewayError {
@@ -91,7 +111,7 @@ impl<'m> Run<'m> {
         input: Value,
         ctx: Context,
     ) -> Self {
-        Run { mapping, category, steps, index: 0, vars, input, ctx, next_link: None }
+        Run { mapping, category, steps, index: 0, vars, input, ctx, next_link: None, wrote: false }
     }
 
     /// A create: runs the category's checks on `resource` and prepares the steps.
@@ -203,7 +223,10 @@ impl<'m> Run<'m> {
         ctx: Context,
     ) -> Result<Self, GatewayError> {
         let search = category.search.as_ref().ok_or_else(|| not_supported(mapping, "search", Some(category)))?;
-        let bad = || GatewayError::invalid("the `_page` token is not valid for this search; start the search again");
+        let bad = || {
+            GatewayError::invalid("the `_page` token is not valid for this search; start the search again")
+                .with_expression("_page")
+        };
         let step = search.steps.last().ok_or_else(bad)?;
         let (path, query) = link.split_once('?').unwrap_or((link, ""));
         let expected = step.path.render(&Scope {
@@ -215,7 +238,21 @@ impl<'m> Run<'m> {
         if !path.starts_with('/') || path.starts_with("//") || expected.ok().flatten().as_deref() != Some(path) {
             return Err(bad());
         }
-        let query: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        let mut query: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        // The token comes back from the client: allow only what the search step itself sends, plus the
+        // offset, require something that narrows the search, and keep the page size cap, so a forged
+        // link cannot widen the search or pull in other resources.
+        let allowed = |k: &str| k == "_offset" || step.query.iter().any(|(q, _)| q == k);
+        let narrows = |k: &str| k != "_count" && k != "_offset";
+        if query.iter().any(|(k, _)| !allowed(k)) || !query.iter().any(|(k, _)| narrows(k)) {
+            return Err(bad());
+        }
+        for (k, v) in query.iter_mut() {
+            if k == "_count" {
+                let n = v.parse::<u32>().map_err(|_| bad())?;
+                *v = n.clamp(1, search.count_max).to_string();
+            }
+        }
         let mut run =
             Run::new(mapping, category, &search.steps[search.steps.len() - 1..], BTreeMap::new(), Value::Null, ctx);
         run.next_link = Some((path.to_string(), query));
@@ -231,6 +268,15 @@ impl<'m> Run<'m> {
             Value::Array(a) => a.first().and_then(|v| v.as_str().map(str::to_string)),
             other => Some(other.to_string()),
         })
+    }
+
+    /// Turns a failure after a successful write into `Outcome::Written` when the new id is known, so the
+    /// client learns the write happened instead of resending it.
+    pub fn recover(&self, error: GatewayError) -> Result<Outcome, GatewayError> {
+        match self.vars.get("gateway_id").and_then(Value::as_str) {
+            Some(id) if self.wrote => Ok(Outcome::Written { id: id.to_string(), problem: error }),
+            _ => Err(error),
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -306,7 +352,17 @@ impl<'m> Run<'m> {
     pub fn on_response(&mut self, response: &UpstreamResponse) -> Result<Option<Outcome>, GatewayError> {
         let step = self.steps.get(self.index).ok_or_else(|| GatewayError::gateway("mapping run has no step left"))?;
         if !step.expect.contains(&response.status) {
-            return Err(translate_error(self.mapping, response, &self.vars));
+            let mut error = translate_error(self.mapping, response, &self.vars);
+            if !matches!(step.method, Method::GET | Method::HEAD) && response.status >= 500 {
+                // The EHR may have acted before failing: resending could write twice.
+                error.retryable = false;
+                if let Some(issue) = error.issues.first_mut() {
+                    issue
+                        .message
+                        .push_str("; the write may or may not have happened, so search before sending it again");
+                }
+            }
+            return Err(error);
         }
         // Body-less results (bytes, empty 201s) have no JSON to read.
         let document: Value =
@@ -342,6 +398,20 @@ impl<'m> Run<'m> {
             }
         }
         self.vars.extend(bound);
+        if !self.vars.contains_key("gateway_id") {
+            let id_vars: BTreeMap<String, String> = self
+                .category
+                .id
+                .variables()
+                .filter_map(|v| Some((v.to_string(), self.vars.get(v)?.as_str()?.to_string())))
+                .collect();
+            if let Some(id) = self.category.id.render(&id_vars) {
+                self.vars.insert("gateway_id".into(), Value::String(id));
+            }
+        }
+        if !matches!(step.method, Method::GET | Method::HEAD) {
+            self.wrote = true;
+        }
         self.index += 1;
         let outcome = match step.result {
             None if !self.is_done() => return Ok(None),

@@ -352,6 +352,7 @@ fn kind(o: &Outcome) -> &'static str {
         Outcome::Resource(_) => "a resource",
         Outcome::Page { .. } => "a search page",
         Outcome::Bytes => "bytes",
+        Outcome::Written { .. } => "a write whose read-back failed",
     }
 }
 

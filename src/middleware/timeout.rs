@@ -50,7 +50,13 @@ where
     }
 
     fn call(&mut self, req: GatewayRequest) -> Self::Future {
-        ResponseFuture { future: self.inner.call(req), sleep: tokio::time::sleep(self.timeout), timeout: self.timeout }
+        let idempotent = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+        ResponseFuture {
+            future: self.inner.call(req),
+            sleep: tokio::time::sleep(self.timeout),
+            timeout: self.timeout,
+            idempotent,
+        }
     }
 }
 
@@ -61,6 +67,7 @@ pin_project! {
         #[pin]
         sleep: Sleep,
         timeout: Duration,
+        idempotent: bool,
     }
 }
 
@@ -79,9 +86,16 @@ where
                 StatusCode::GATEWAY_TIMEOUT,
                 IssueCode::Timeout,
                 Side::Gateway,
-                format!("the request did not complete within {} ms; a write may still have happened, so check before retrying", this.timeout.as_millis()),
+                if *this.idempotent {
+                    format!("the request did not complete within {} ms", this.timeout.as_millis())
+                } else {
+                    format!(
+                        "the request did not complete within {} ms; the write may still have happened, so search before sending it again",
+                        this.timeout.as_millis()
+                    )
+                },
             )
-            .retryable(true))),
+            .retryable(*this.idempotent))),
             Poll::Pending => Poll::Pending,
         }
     }

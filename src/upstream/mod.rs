@@ -36,6 +36,31 @@ pub struct ClientSettings {
     pub serialize_writes: bool,
 }
 
+/// Holds a write-serialization key. If the write did not settle (no answer, or the request future was
+/// dropped because the client left or the front door timed out), the key stays held for a grace period
+/// in a background task, so the next write to the same encounter cannot overlap one Canvas may still be
+/// processing.
+struct WriteGuard {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    settled: bool,
+    grace: Duration,
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if let (Some(guard), Ok(handle)) = (self.guard.take(), tokio::runtime::Handle::try_current()) {
+            let grace = self.grace;
+            handle.spawn(async move {
+                tokio::time::sleep(grace).await;
+                drop(guard);
+            });
+        }
+    }
+}
+
 pub struct UpstreamClient {
     settings: ClientSettings,
     transport: Arc<dyn Transport>,
@@ -77,17 +102,35 @@ impl UpstreamClient {
     /// Drives a mapping run to its outcome. Writes with a serialization key hold that key's lock
     /// for the whole run, so the next write to the same encounter starts only after this one's 201.
     pub async fn run(&self, run: &mut Run<'_>) -> Result<Outcome, GatewayError> {
-        let _guard = match run.serialize_key() {
-            Some(key) if self.serialize_writes.load(Ordering::SeqCst) => Some(self.write_locks.lock(&key).await),
+        let mut guard = match run.serialize_key() {
+            Some(key) if self.serialize_writes.load(Ordering::SeqCst) => Some(WriteGuard {
+                guard: Some(self.write_locks.lock(&key).await),
+                settled: false,
+                grace: self.settings.timeout,
+            }),
             _ => None,
         };
-        loop {
-            let request = run.next_request()?;
-            let response = self.execute(&request).await?;
-            if let Some(outcome) = run.on_response(&response)? {
-                return Ok(outcome);
+        let result = loop {
+            let request = match run.next_request() {
+                Ok(r) => r,
+                Err(e) => break Err(e),
+            };
+            let response = match self.execute(&request).await {
+                Ok(r) => r,
+                Err(e) => break run.recover(e),
+            };
+            match run.on_response(&response) {
+                Ok(Some(outcome)) => break Ok(outcome),
+                Ok(None) => {}
+                Err(e) => break run.recover(e),
             }
+        };
+        // Without an answer (timeout, broken connection) the EHR may still be writing: the guard then
+        // holds the key a while longer (see `WriteGuard`).
+        if let Some(g) = guard.as_mut() {
+            g.settled = !matches!(&result, Err(e) if e.no_answer);
         }
+        result
     }
 
     /// Opens the content stream of a run whose single step yields bytes.
@@ -175,6 +218,13 @@ impl UpstreamClient {
     }
 
     fn transport_error(&self, error: TransportError, idempotent: bool) -> GatewayError {
+        let no_answer = matches!(error, TransportError::Timeout | TransportError::Broken);
+        let mut e = self.describe_transport_error(error, idempotent);
+        e.no_answer = no_answer;
+        e
+    }
+
+    fn describe_transport_error(&self, error: TransportError, idempotent: bool) -> GatewayError {
         let ehr = &self.settings.ehr;
         match error {
             TransportError::Timeout if !idempotent => GatewayError::new(
@@ -193,8 +243,8 @@ impl UpstreamClient {
             )
             .retryable(true),
             TransportError::Connect => GatewayError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                IssueCode::Transient,
+                StatusCode::GATEWAY_TIMEOUT,
+                IssueCode::Timeout,
                 self.side(),
                 format!("{ehr} could not be reached"),
             )
@@ -293,6 +343,18 @@ mod tests {
             body: None,
             content_type: None,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unsettled_write_keeps_its_key_for_the_grace_period() {
+        let locks = Arc::new(KeyedLocks::new());
+        let grace = Duration::from_secs(20);
+        drop(WriteGuard { guard: Some(locks.lock("enc").await), settled: false, grace });
+        assert!(tokio::time::timeout(grace - Duration::from_millis(1), locks.lock("enc")).await.is_err());
+        assert!(tokio::time::timeout(Duration::from_millis(10), locks.lock("enc")).await.is_ok());
+        // A settled write releases at once.
+        drop(WriteGuard { guard: Some(locks.lock("enc2").await), settled: true, grace });
+        assert!(tokio::time::timeout(Duration::from_millis(1), locks.lock("enc2")).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]

@@ -164,7 +164,8 @@ impl TokenCache {
             )
         })?;
         // Without expires_in, assume a conservative hour: the 401 path corrects us if it is shorter.
-        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(3600).max(1));
+        // Clamp: an absurd expires_in must not overflow the clock or pin a token for years.
+        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(3600).clamp(1, 7 * 24 * 3600));
         Ok((Secret::new(parsed.access_token), lifetime))
     }
 }

@@ -13,14 +13,22 @@ use crate::mapping::engine::UpstreamResponse;
 pub type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
-/// A fully resolved HTTP request.
-#[derive(Debug, Clone)]
+/// A fully resolved HTTP request. `Debug` shows only the method and the URL's path: headers carry
+/// tokens, bodies carry secrets or patient data, queries carry search values.
+#[derive(Clone)]
 pub struct HttpRequest {
     pub method: Method,
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub body: Option<Bytes>,
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for HttpRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = self.url.split('?').next().unwrap_or("");
+        f.debug_struct("HttpRequest").field("method", &self.method).field("path", &path).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,26 +53,34 @@ pub trait Transport: Send + Sync + 'static {
     fn stream(&self, request: HttpRequest) -> BoxFuture<'_, Result<StreamingResponse, TransportError>>;
 }
 
-/// reqwest over HTTP/1.1 and TLS. Redirects are followed (Canvas content → S3); reqwest drops the
-/// `Authorization` header when a redirect leaves the host, so EHR tokens never reach the storage host.
+/// reqwest over HTTP/1.1 and TLS. API and token requests never follow redirects (a redirected POST
+/// could carry a client secret or a write elsewhere). Content downloads follow them (Canvas content →
+/// S3); reqwest drops the `Authorization` header when a redirect leaves the host, so EHR tokens never
+/// reach the storage host.
 pub struct ReqwestTransport {
     client: reqwest::Client,
+    content_client: reqwest::Client,
 }
 
 impl ReqwestTransport {
     pub fn new(connect_timeout: Duration) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .no_proxy()
-            .pool_max_idle_per_host(64)
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(ReqwestTransport { client })
+        let build = |redirects| {
+            reqwest::Client::builder()
+                .connect_timeout(connect_timeout)
+                .redirect(redirects)
+                .no_proxy()
+                .pool_max_idle_per_host(64)
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        };
+        Ok(ReqwestTransport {
+            client: build(reqwest::redirect::Policy::none())?,
+            content_client: build(reqwest::redirect::Policy::limited(5))?,
+        })
     }
 
-    fn build(&self, request: HttpRequest) -> reqwest::RequestBuilder {
-        let mut builder = self.client.request(request.method, &request.url).timeout(request.timeout);
+    fn build(client: &reqwest::Client, request: HttpRequest) -> reqwest::RequestBuilder {
+        let mut builder = client.request(request.method, &request.url).timeout(request.timeout);
         for (k, v) in request.headers {
             builder = builder.header(k, v);
         }
@@ -87,7 +103,7 @@ fn classify(e: &reqwest::Error) -> TransportError {
 
 impl Transport for ReqwestTransport {
     fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<UpstreamResponse, TransportError>> {
-        let builder = self.build(request);
+        let builder = Self::build(&self.client, request);
         Box::pin(async move {
             let response = builder.send().await.map_err(|e| classify(&e))?;
             let status = response.status().as_u16();
@@ -98,7 +114,7 @@ impl Transport for ReqwestTransport {
     }
 
     fn stream(&self, request: HttpRequest) -> BoxFuture<'_, Result<StreamingResponse, TransportError>> {
-        let builder = self.build(request);
+        let builder = Self::build(&self.content_client, request);
         Box::pin(async move {
             let response = builder.send().await.map_err(|e| classify(&e))?;
             let status = response.status().as_u16();
