@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use notify_debouncer_mini::notify::RecursiveMode;
+use notify::{EventKind, RecursiveMode, Watcher};
 use serde_json::{Value, json};
 
 use crate::config::Config;
@@ -100,7 +100,9 @@ impl Reloader {
                 diagnostics: diagnostics.iter().map(ToString::to_string).collect(),
             },
         };
-        if outcome.accepted {
+        if outcome.accepted && outcome.version.as_deref() == Some(current.as_str()) {
+            tracing::debug!(trigger, version = %current, "mapping files unchanged");
+        } else if outcome.accepted {
             tracing::info!(trigger, version = outcome.version.as_deref().unwrap_or(""), previous = %current, "mapping set reloaded");
         } else {
             // Diagnostics name files, lines and keys of the mapping files: no request data.
@@ -147,19 +149,21 @@ impl Reloader {
 }
 
 /// Watches the mapping folder and listens for SIGHUP, reloading on either, until the process ends.
+/// File events are debounced: a reload starts once the folder has been quiet for `debounce`, so an
+/// editor's save (write, rename, chmod) costs one reload. Reads (our own included) are not changes.
 /// Returns the watcher, which must be kept alive.
 pub fn spawn(reloader: Arc<Reloader>, debounce: Duration) -> Result<impl Send, String> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
     let file_tx = tx.clone();
-    let mut debouncer =
-        notify_debouncer_mini::new_debouncer(debounce, move |result: notify_debouncer_mini::DebounceEventResult| {
-            if result.is_ok_and(|events| !events.is_empty()) {
-                let _ = file_tx.send("file change");
-            }
-        })
-        .map_err(|e| format!("cannot watch the mapping folder: {e}"))?;
-    debouncer
-        .watcher()
+    let mut watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
+        if let Ok(event) = result
+            && matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_))
+        {
+            let _ = file_tx.send("file change");
+        }
+    })
+    .map_err(|e| format!("cannot watch the mapping folder: {e}"))?;
+    watcher
         .watch(reloader.dir(), RecursiveMode::Recursive)
         .map_err(|e| format!("cannot watch {}: {e}", reloader.dir().display()))?;
     #[cfg(unix)]
@@ -176,11 +180,17 @@ pub fn spawn(reloader: Arc<Reloader>, debounce: Duration) -> Result<impl Send, S
         }
     }
     tokio::spawn(async move {
-        while let Some(trigger) = rx.recv().await {
+        while let Some(mut trigger) = rx.recv().await {
+            // Debounce: wait until no event arrived for `debounce`.
+            while let Ok(Some(next)) = tokio::time::timeout(debounce, rx.recv()).await {
+                if next == "SIGHUP" {
+                    trigger = next;
+                }
+            }
             // Loading reads files: keep it off the async workers.
             let r = reloader.clone();
             let _ = tokio::task::spawn_blocking(move || r.reload(trigger)).await;
         }
     });
-    Ok(debouncer)
+    Ok(watcher)
 }
