@@ -89,6 +89,10 @@ async fn edits_apply_live_invalid_edits_are_rejected_and_no_request_fails() {
     let (_, status) = get_json(&client, &admin).await;
     assert_ne!(status["active"]["version"].as_str().unwrap(), first_version);
     assert_eq!(status["last_reload"]["outcome"], "accepted");
+    // Reloading reads the files; reads must not trigger further reloads.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, later) = get_json(&client, &admin).await;
+    assert_eq!(later["last_reload"], status["last_reload"], "the reload triggered itself");
 
     // 2. An invalid edit is rejected with its diagnostics; the previous set keeps serving.
     set_title_template(&file, "$.content[.title");
