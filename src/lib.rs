@@ -10,6 +10,7 @@ pub mod logging;
 pub mod mapping;
 pub mod middleware;
 pub mod reload;
+pub mod replay;
 pub mod server;
 pub mod sim;
 pub mod state;

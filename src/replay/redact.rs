@@ -1,0 +1,453 @@
+//! Redaction applied to a cassette before anything reaches disk: secrets removed, patient identifiers
+//! replaced by stable pseudonyms (same id → same pseudonym under one key), and names, birth dates,
+//! free text and media bytes replaced by placeholders of the same type and length.
+//!
+//! Sensitive values are found by *where* they appear (keys, parameters, reference patterns) and then
+//! replaced *everywhere* they occur in the cassette — paths, queries, bodies, messages and the gateway's
+//! paging tokens — so the redacted front-door request still produces the redacted upstream requests.
+
+use std::collections::BTreeSet;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use regex::Regex;
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::Sha256;
+
+use super::cassette::Cassette;
+use crate::config::SecretRef;
+
+/// The redaction policy (`[record.redact]` in the config). Defaults suit FHIR and the shipped EHRs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactionPolicy {
+    /// Regexes whose first group is a patient id, applied to every string (`Patient/<id>`).
+    #[serde(default = "default_id_patterns")]
+    pub patient_id_patterns: Vec<String>,
+    /// Query parameters and JSON keys whose values are patient ids (bare or `Patient/<id>`).
+    #[serde(default = "default_id_keys")]
+    pub patient_id_keys: Vec<String>,
+    /// JSON keys / form fields holding free text, names or titles: same-length `x` placeholders.
+    #[serde(default = "default_text_keys")]
+    pub text_keys: Vec<String>,
+    /// JSON keys / form fields holding birth dates: same-shape placeholder dates.
+    #[serde(default = "default_date_keys")]
+    pub date_keys: Vec<String>,
+    /// JSON keys / form fields holding base64 media: same-length `A…` (zero bytes) placeholders.
+    #[serde(default = "default_data_keys")]
+    pub data_keys: Vec<String>,
+    /// JSON keys / form fields holding credentials: replaced by `[redacted]`.
+    #[serde(default = "default_secret_keys")]
+    pub secret_keys: Vec<String>,
+    /// HMAC key for pseudonyms. Without it a fixed sandbox key is used: set one for real recordings
+    /// so pseudonyms cannot be recomputed from guessed ids.
+    #[serde(default)]
+    pub pseudonym_key: Option<SecretRef>,
+}
+
+fn default_id_patterns() -> Vec<String> {
+    // Links carry references percent-encoded (`patient=Patient%2F<id>`).
+    vec![r"Patient/([A-Za-z0-9\-.]{1,64})".into(), r"Patient%2[Ff]([A-Za-z0-9\-.]{1,64})".into()]
+}
+fn default_id_keys() -> Vec<String> {
+    ["patient", "subject", "patientid", "patient_id"].map(String::from).to_vec()
+}
+fn default_text_keys() -> Vec<String> {
+    ["text", "title", "display", "name", "given", "family", "div", "comment", "narrative", "firstname", "lastname"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_date_keys() -> Vec<String> {
+    ["birthDate", "birthdate", "dob", "deceasedDateTime"].map(String::from).to_vec()
+}
+fn default_data_keys() -> Vec<String> {
+    ["data", "attachmentcontents", "image"].map(String::from).to_vec()
+}
+fn default_secret_keys() -> Vec<String> {
+    ["access_token", "refresh_token", "id_token", "client_secret", "password", "authorization"]
+        .map(String::from)
+        .to_vec()
+}
+
+impl Default for RedactionPolicy {
+    fn default() -> Self {
+        RedactionPolicy {
+            patient_id_patterns: default_id_patterns(),
+            patient_id_keys: default_id_keys(),
+            text_keys: default_text_keys(),
+            date_keys: default_date_keys(),
+            data_keys: default_data_keys(),
+            secret_keys: default_secret_keys(),
+            pseudonym_key: None,
+        }
+    }
+}
+
+pub const SANDBOX_PSEUDONYM_KEY: &str = "ehr-gateway sandbox pseudonyms";
+
+/// A compiled policy with its key.
+pub struct Redactor {
+    patterns: Vec<Regex>,
+    policy: RedactionPolicy,
+    key: Vec<u8>,
+}
+
+impl Redactor {
+    pub fn new(policy: RedactionPolicy) -> Result<Self, String> {
+        let patterns = policy
+            .patient_id_patterns
+            .iter()
+            .map(|p| Regex::new(p).map_err(|e| format!("record.redact.patient_id_patterns: `{p}`: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = match &policy.pseudonym_key {
+            Some(secret) => {
+                secret.resolve().map_err(|e| format!("record.redact.pseudonym_key: {e}"))?.expose().as_bytes().to_vec()
+            }
+            None => SANDBOX_PSEUDONYM_KEY.as_bytes().to_vec(),
+        };
+        Ok(Redactor { patterns, policy, key })
+    }
+
+    /// A stable pseudonym of the same shape: hex stays hex, digits stay digits, letters stay letters.
+    pub fn pseudonym(&self, id: &str) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        mac.update(id.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let all_hex =
+            id.bytes().any(|b| matches!(b, b'a'..=b'f')) && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+        id.bytes()
+            .enumerate()
+            .map(|(i, b)| {
+                let r = digest[i % digest.len()].wrapping_add((i / digest.len()) as u8);
+                match b {
+                    b'0'..=b'9' if !all_hex => char::from(b'0' + r % 10),
+                    b if all_hex && b.is_ascii_hexdigit() => char::from(b"0123456789abcdef"[(r % 16) as usize]),
+                    b'a'..=b'z' => char::from(b'a' + r % 26),
+                    b'A'..=b'Z' => char::from(b'A' + r % 26),
+                    other => char::from(other),
+                }
+            })
+            .collect()
+    }
+
+    /// Redacts a cassette in place.
+    pub fn redact(&self, cassette: &mut Cassette) {
+        let Ok(mut value) = serde_json::to_value(&*cassette) else { return };
+        let mut found = Found::default();
+        self.collect(&value, None, &mut found);
+        let replacements = self.replacements(&found);
+        self.rewrite(&mut value, None, &replacements);
+        if let Ok(redacted) = serde_json::from_value(value) {
+            *cassette = redacted;
+        }
+    }
+
+    fn key_in(list: &[String], key: Option<&str>) -> bool {
+        key.is_some_and(|k| list.iter().any(|l| l.eq_ignore_ascii_case(k)))
+    }
+
+    /// Walks a value; `key` is the object key or the name of a `[name, value]` pair (queries, forms).
+    fn collect(&self, value: &Value, key: Option<&str>, found: &mut Found) {
+        match value {
+            Value::String(s) => {
+                for p in &self.patterns {
+                    for c in p.captures_iter(s) {
+                        if let Some(m) = c.get(1) {
+                            found.ids.insert(m.as_str().to_string());
+                        }
+                    }
+                }
+                for token in page_tokens(s) {
+                    if let Some(decoded) = decode_page_token(&token) {
+                        self.collect(&Value::String(decoded), key, found);
+                    }
+                }
+                if Self::key_in(&self.policy.patient_id_keys, key) && !s.is_empty() {
+                    let bare = s.rsplit('/').next().unwrap_or(s);
+                    if !bare.is_empty() {
+                        found.ids.insert(bare.to_string());
+                    }
+                }
+                if Self::key_in(&self.policy.text_keys, key) && !s.is_empty() {
+                    found.texts.insert(s.clone());
+                }
+                if Self::key_in(&self.policy.date_keys, key) {
+                    found.dates.insert(s.clone());
+                }
+                if Self::key_in(&self.policy.data_keys, key) && !s.is_empty() {
+                    found.data.insert(s.clone());
+                }
+            }
+            Value::Array(items) => {
+                // `[name, value]` pairs (queries and form fields) carry their name as the key.
+                if let [Value::String(name), v @ Value::String(_)] = items.as_slice() {
+                    self.collect(v, Some(name), found);
+                    return;
+                }
+                for item in items {
+                    self.collect(item, key, found);
+                }
+            }
+            Value::Object(map) => {
+                for (k, v) in map {
+                    self.collect(v, Some(k), found);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn replacements(&self, found: &Found) -> Vec<(Regex, String, bool)> {
+        // (pattern, replacement, whole-string-only)
+        let mut out = Vec::new();
+        let mut push = |original: &str, replacement: String, whole: bool| {
+            let pattern = if whole {
+                format!("^{}$", regex::escape(original))
+            } else {
+                // A value stands alone when not inside a longer word; `%2F` (an encoded `/`) counts as a separator.
+                format!(r"(^|[^A-Za-z0-9]|%[0-9A-Fa-f]{{2}}){}($|[^A-Za-z0-9])", regex::escape(original))
+            };
+            if let Ok(re) = Regex::new(&pattern) {
+                out.push((re, replacement, whole));
+            }
+        };
+        // Longest first, so a value containing another is replaced whole.
+        let mut by_len: Vec<(&String, u8)> = found
+            .ids
+            .iter()
+            .map(|s| (s, 0))
+            .chain(found.texts.iter().map(|s| (s, 1)))
+            .chain(found.dates.iter().map(|s| (s, 2)))
+            .chain(found.data.iter().map(|s| (s, 3)))
+            .collect();
+        by_len.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.cmp(b)));
+        for (original, kind) in by_len {
+            match kind {
+                0 => push(original, self.pseudonym(original), false),
+                1 => {
+                    let placeholder: String =
+                        original.chars().map(|c| if c.is_whitespace() { c } else { 'x' }).collect();
+                    // Short texts are replaced only where they are the whole value.
+                    push(original, placeholder, original.chars().count() < 6);
+                }
+                2 => push(original, placeholder_date(original), true),
+                _ => push(original, placeholder_base64(original), true),
+            }
+        }
+        out
+    }
+
+    fn rewrite(&self, value: &mut Value, key: Option<&str>, replacements: &[(Regex, String, bool)]) {
+        match value {
+            Value::String(s) => {
+                if Self::key_in(&self.policy.secret_keys, key) {
+                    *s = "[redacted]".into();
+                    return;
+                }
+                *s = apply(s, replacements);
+                // Paging tokens are base64 JSON: redact inside them too.
+                for token in page_tokens(s) {
+                    if let Some(decoded) = decode_page_token(&token) {
+                        let redacted = apply(&decoded, replacements);
+                        let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(redacted);
+                        *s = s.replace(&token, &encoded);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                if let [Value::String(name), Value::String(_)] = items.as_slice() {
+                    let name = name.clone();
+                    if let Some(v) = items.get_mut(1) {
+                        self.rewrite(v, Some(&name), replacements);
+                    }
+                    if let Some(Value::String(n)) = items.get_mut(0) {
+                        *n = apply(n, replacements);
+                    }
+                    return;
+                }
+                for item in items {
+                    self.rewrite(item, key, replacements);
+                }
+            }
+            Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    self.rewrite(v, Some(k), replacements);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[derive(Default)]
+struct Found {
+    ids: BTreeSet<String>,
+    texts: BTreeSet<String>,
+    dates: BTreeSet<String>,
+    data: BTreeSet<String>,
+}
+
+fn apply(s: &str, replacements: &[(Regex, String, bool)]) -> String {
+    let mut out = s.to_string();
+    for (re, replacement, whole) in replacements {
+        if *whole {
+            if re.is_match(&out) {
+                out = replacement.clone();
+            }
+        } else if re.is_match(&out) {
+            // Keep the boundary characters captured around the value.
+            out = re.replace_all(&out, |c: &regex::Captures| format!("{}{replacement}{}", &c[1], &c[2])).into_owned();
+        }
+    }
+    out
+}
+
+fn page_tokens(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("_page=") {
+        let token: String =
+            rest[i + 6..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+        if !token.is_empty() {
+            out.push(token.clone());
+        }
+        rest = &rest[i + 6 + token.len()..];
+    }
+    out
+}
+
+fn decode_page_token(token: &str) -> Option<String> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// `1984-07-21` → `1900-01-01` (same length and separators), any other text → digits zeroed.
+fn placeholder_date(original: &str) -> String {
+    const TEMPLATE: &str = "1900-01-01T00:00:00";
+    if original.len() <= TEMPLATE.len()
+        && original.bytes().zip(TEMPLATE.bytes()).all(|(a, b)| a.is_ascii_digit() == b.is_ascii_digit())
+    {
+        return TEMPLATE[..original.len()].to_string();
+    }
+    original.chars().map(|c| if c.is_ascii_digit() { '0' } else { c }).collect()
+}
+
+/// Same-length valid base64 of zero bytes.
+fn placeholder_base64(original: &str) -> String {
+    let padding = original.chars().rev().take_while(|c| *c == '=').count();
+    let body = original.chars().filter(|c| !c.is_whitespace()).count().saturating_sub(padding);
+    format!("{}{}", "A".repeat(body), "=".repeat(padding))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::cassette::*;
+    use serde_json::json;
+
+    fn cassette() -> Cassette {
+        let patient = "b8dfa97bdcdf4754bcd8197ca78ef0f0";
+        Cassette {
+            format: FORMAT_VERSION,
+            organization: OrganizationInfo { slug: "demo".into(), ehr: "canvas".into(), mapping: "canvas".into() },
+            gateway_base: "http://127.0.0.1:8080".into(),
+            interaction: "create".into(),
+            request: RecordedRequest {
+                method: "POST".into(),
+                path: "/organizations/demo/fhir/4/Media".into(),
+                query: vec![],
+                headers: Default::default(),
+                body: RecordedBody::Json(json!({
+                    "resourceType": "Media", "subject": {"reference": format!("Patient/{patient}")},
+                    "content": {"data": "aGVsbG8gd29ybGQ=", "title": "Jane Doe ID card"},
+                    "note": [{"text": "Patient reports pain in the left hand"}],
+                    "contained": [{"resourceType": "Patient", "name": [{"family": "Doe", "given": ["Jane"]}], "birthDate": "1984-07-21"}]
+                })),
+            },
+            response: RecordedResponse { status: 201, headers: Default::default(), body: RecordedBody::None },
+            upstream: vec![UpstreamExchange {
+                request: RecordedRequest {
+                    method: "GET".into(),
+                    path: "/Media".into(),
+                    query: vec![("patient".into(), format!("Patient/{patient}")), ("_count".into(), "10".into())],
+                    headers: Default::default(),
+                    body: RecordedBody::Form(vec![("client_secret".into(), "hunter2".into())]),
+                },
+                response: RecordedResponse {
+                    status: 200,
+                    headers: Default::default(),
+                    body: RecordedBody::Json(
+                        json!({"link": [{"url": format!("/Media?_page={}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{{\"l\":\"/Media?patient=Patient%2F{patient}\"}}")))}], "access_token": "tok"}),
+                    ),
+                },
+            }],
+        }
+    }
+
+    #[test]
+    fn removes_secrets_and_phi_and_keeps_shapes() {
+        let redactor = Redactor::new(RedactionPolicy::default()).unwrap();
+        let mut c = cassette();
+        redactor.redact(&mut c);
+        let text = c.to_pretty_json();
+        for secret in [
+            "b8dfa97bdcdf4754bcd8197ca78ef0f0",
+            "hunter2",
+            "\"tok\"",
+            "Jane",
+            "Doe",
+            "1984-07-21",
+            "aGVsbG8gd29ybGQ=",
+            "left hand",
+        ] {
+            assert!(!text.contains(secret), "`{secret}` survived:\n{text}");
+        }
+        let RecordedBody::Json(body) = &c.request.body else { panic!() };
+        assert_eq!(body["content"]["data"], "AAAAAAAAAAAAAAA=");
+        assert_eq!(body["contained"][0]["birthDate"], "1900-01-01");
+        assert_eq!(body["note"][0]["text"].as_str().unwrap().len(), "Patient reports pain in the left hand".len());
+        let pseudonym = redactor.pseudonym("b8dfa97bdcdf4754bcd8197ca78ef0f0");
+        assert_eq!(pseudonym.len(), 32);
+        assert!(pseudonym.bytes().all(|b| b.is_ascii_hexdigit()));
+        // The same id has the same pseudonym in the body, the upstream query and inside the paging token.
+        assert_eq!(body["subject"]["reference"], format!("Patient/{pseudonym}"));
+        assert_eq!(c.upstream[0].request.query[0].1, format!("Patient/{pseudonym}"));
+        let RecordedBody::Json(page) = &c.upstream[0].response.body else { panic!() };
+        let token = page["link"][0]["url"].as_str().unwrap().trim_start_matches("/Media?_page=");
+        let decoded =
+            String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).unwrap()).unwrap();
+        assert!(decoded.contains(&pseudonym), "{decoded}");
+    }
+
+    #[test]
+    fn pseudonyms_are_stable_per_key_and_keep_the_shape() {
+        let a = Redactor::new(RedactionPolicy::default()).unwrap();
+        assert_eq!(a.pseudonym("1234"), a.pseudonym("1234"));
+        assert_ne!(a.pseudonym("1234"), "1234");
+        assert!(a.pseudonym("1234").bytes().all(|b| b.is_ascii_digit()));
+        assert_eq!(a.pseudonym("erXuFYUfucBZaryVksYEcMg3").len(), 24);
+        let path = std::env::temp_dir().join(format!("ehrgw-key-{}", std::process::id()));
+        std::fs::write(&path, "another key").unwrap();
+        let policy = RedactionPolicy {
+            pseudonym_key: Some(SecretRef { env: None, file: Some(path.clone()) }),
+            ..Default::default()
+        };
+        let b = Redactor::new(policy).unwrap();
+        assert_ne!(a.pseudonym("1234"), b.pseudonym("1234"));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn ids_are_replaced_only_as_whole_tokens() {
+        let redactor = Redactor::new(RedactionPolicy::default()).unwrap();
+        let mut c = cassette();
+        c.request.body = RecordedBody::Json(
+            json!({"subject": {"reference": "Patient/12"}, "count": "5123", "path": "/patients/12/docs"}),
+        );
+        redactor.redact(&mut c);
+        let RecordedBody::Json(body) = &c.request.body else { panic!() };
+        assert_eq!(body["count"], "5123", "a longer number containing the id is untouched");
+        assert_eq!(body["path"], format!("/patients/{}/docs", redactor.pseudonym("12")));
+    }
+}
