@@ -188,10 +188,21 @@ pub struct OrganizationConfig {
     pub mapping: String,
 }
 
+/// Recording of replay cassettes (`serve --record DIR` sets `dir`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    #[serde(default)]
+    pub redact: crate::replay::redact::RedactionPolicy,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    pub record: RecordConfig,
     pub clients: Vec<ClientConfig>,
     pub connections: BTreeMap<String, ConnectionConfig>,
     pub organizations: Vec<OrganizationConfig>,
@@ -242,12 +253,12 @@ impl Config {
             errors.extend(describe(e));
             return Err(ConfigErrors(errors));
         }
-        let known: HashSet<&str> = ["server", "clients", "connections", "organizations"].into();
+        let known: HashSet<&str> = ["server", "clients", "connections", "organizations", "record"].into();
         if let Ok(figment::value::Value::Dict(_, top)) = figment.find_value("") {
             for key in top.keys() {
                 if !known.contains(key.as_str()) {
                     errors.push(format!(
-                        "{source}: unknown section `{key}`; expected one of server, clients, connections, organizations"
+                        "{source}: unknown section `{key}`; expected one of server, clients, connections, organizations, record"
                     ));
                 }
             }
@@ -261,6 +272,13 @@ impl Config {
             Err(_) => ServerConfig::default(),
         };
 
+        let record = match figment.find_value("record") {
+            Ok(_) => figment.extract_inner::<RecordConfig>("record").unwrap_or_else(|e| {
+                errors.extend(describe(e));
+                RecordConfig::default()
+            }),
+            Err(_) => RecordConfig::default(),
+        };
         let clients = extract_list::<ClientConfig>(&figment, "clients", &describe, &mut errors);
         let organizations = extract_list::<OrganizationConfig>(&figment, "organizations", &describe, &mut errors);
         let mut connections = BTreeMap::new();
@@ -275,7 +293,7 @@ impl Config {
             }
         }
 
-        let config = Config { server, clients, connections, organizations, source: source.to_string() };
+        let config = Config { server, record, clients, connections, organizations, source: source.to_string() };
         errors.extend(config.semantic_problems());
         if errors.is_empty() { Ok(config) } else { Err(ConfigErrors(errors)) }
     }
@@ -289,6 +307,9 @@ impl Config {
         }
         if self.server.request_timeout_ms == 0 {
             problems.push(format!("{src}: server.request_timeout_ms must be greater than 0"));
+        }
+        if let Err(e) = crate::replay::redact::Redactor::new(self.record.redact.clone()) {
+            problems.push(format!("{src}: {e}"));
         }
         if !matches!(self.server.log_format.as_str(), "json" | "pretty") {
             problems.push(format!("{src}: server.log_format must be `json` or `pretty`"));

@@ -28,6 +28,9 @@ enum Command {
         /// Listen address, overriding the config (e.g. 127.0.0.1:8080).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Record every front-door exchange with its upstream exchanges as redacted cassettes in DIR.
+        #[arg(long, value_name = "DIR")]
+        record: Option<PathBuf>,
     },
     /// Work with mapping files.
     Mappings {
@@ -84,7 +87,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve { config, listen } => {
+        Command::Serve { config, listen, record } => {
             let mut config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(errors) => {
@@ -94,6 +97,9 @@ async fn run(cli: Cli) -> ExitCode {
             };
             if let Some(addr) = listen {
                 config.server.listen = addr;
+            }
+            if record.is_some() {
+                config.record.dir = record;
             }
             ehr_gateway::logging::init(&config.server.log_format);
             let running = match ehr_gateway::server::start(config).await {

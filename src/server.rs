@@ -28,6 +28,8 @@ use crate::middleware::timeout::TimeoutLayer;
 use crate::middleware::trace::TraceLayer;
 use crate::middleware::{GatewayRequest, GatewayResponse};
 use crate::reload::Reloader;
+use crate::replay::record::{Recorder, RecordingTransport};
+use crate::replay::redact::Redactor;
 use crate::sim::canvas::{CanvasSim, CanvasSimConfig, CanvasSimHandle};
 use crate::state::{AppState, CreatedLog, Directory};
 use crate::upstream::token::{TokenCache, TokenSource};
@@ -81,7 +83,15 @@ impl Drop for Running {
 pub fn build_service(state: Arc<AppState>) -> GatewayService {
     let config = &state.config;
     let router_state = state.clone();
-    let router = tower::service_fn(move |req: GatewayRequest| crate::frontdoor::handle(router_state.clone(), req));
+    let router = tower::service_fn(move |req: GatewayRequest| {
+        let state = router_state.clone();
+        async move {
+            match state.recorder.clone() {
+                Some(recorder) => crate::replay::record::handle_recorded(recorder, state, req).await,
+                None => crate::frontdoor::handle(state, req).await,
+            }
+        }
+    });
     let stack = ServiceBuilder::new()
         .layer(RequestIdLayer)
         .layer(EdgeLayer)
@@ -97,6 +107,19 @@ pub fn build_service(state: Arc<AppState>) -> GatewayService {
 
 /// Builds the state: starts simulators, creates one upstream client per connection, loads mappings.
 pub async fn build_state(config: Config) -> Result<(Arc<AppState>, HashMap<String, Simulator>), String> {
+    build_state_with(config, None).await
+}
+
+/// Where replayed connections point; the replay transport answers both.
+pub const INJECTED_BASE_URL: &str = "http://upstream.replay.invalid";
+pub const INJECTED_TOKEN_URL: &str = "http://upstream.replay.invalid/oauth2/token";
+
+/// Like `build_state`, but with `injected` every connection uses that transport instead of the network
+/// or a simulator (replay).
+pub async fn build_state_with(
+    config: Config,
+    injected: Option<Arc<dyn Transport>>,
+) -> Result<(Arc<AppState>, HashMap<String, Simulator>), String> {
     let set = MappingSet::load_dir(&config.server.mappings_dir).map_err(|diagnostics| {
         let lines: Vec<String> = diagnostics.iter().map(|d| format!("  - {d}")).collect();
         format!("mapping set has {} problem(s):\n{}", diagnostics.len(), lines.join("\n"))
@@ -114,7 +137,9 @@ pub async fn build_state(config: Config) -> Result<(Arc<AppState>, HashMap<Strin
             .values()
             .find(|m| m.ehr == conn.ehr)
             .ok_or_else(|| format!("no mapping for EHR `{}`", conn.ehr))?;
-        let (base_url, token_url, client_id, client_secret) = if conn.simulator {
+        let (base_url, token_url, client_id, client_secret) = if injected.is_some() {
+            (INJECTED_BASE_URL.to_string(), INJECTED_TOKEN_URL.to_string(), "replay".to_string(), Secret::new("replay"))
+        } else if conn.simulator {
             match conn.ehr.as_str() {
                 "canvas" => {
                     let sim_config = CanvasSimConfig::default();
@@ -138,8 +163,15 @@ pub async fn build_state(config: Config) -> Result<(Arc<AppState>, HashMap<Strin
                 secret,
             )
         };
-        let transport: Arc<dyn Transport> =
-            Arc::new(ReqwestTransport::new(Duration::from_millis(conn.connect_timeout_ms))?);
+        let transport: Arc<dyn Transport> = match &injected {
+            Some(t) => t.clone(),
+            None => Arc::new(ReqwestTransport::new(Duration::from_millis(conn.connect_timeout_ms))?),
+        };
+        // Recording taps API calls only: the token cache keeps the bare transport.
+        let api_transport: Arc<dyn Transport> = match (&config.record.dir, &injected) {
+            (Some(_), None) => Arc::new(RecordingTransport::new(transport.clone(), &base_url)),
+            _ => transport.clone(),
+        };
         let timeout = Duration::from_millis(conn.timeout_ms);
         let tokens = TokenCache::new(
             TokenSource {
@@ -163,10 +195,19 @@ pub async fn build_state(config: Config) -> Result<(Arc<AppState>, HashMap<Strin
             max_attempts: conn.max_attempts,
             serialize_writes: conn.serialize_writes,
         };
-        clients.insert(name.clone(), Arc::new(UpstreamClient::new(settings, transport, tokens)));
+        clients.insert(name.clone(), Arc::new(UpstreamClient::new(settings, api_transport, tokens)));
     }
     let registry = Arc::new(MappingRegistry::new(set));
+    let recorder = match &config.record.dir {
+        Some(dir) if injected.is_none() => {
+            let redactor = Redactor::new(config.record.redact.clone())?;
+            tracing::info!(dir = %dir.display(), "recording replay cassettes");
+            Some(Arc::new(Recorder::new(dir.clone(), redactor, config.public_base_url())))
+        }
+        _ => None,
+    };
     let state = AppState {
+        recorder,
         directory: Arc::new(Directory::from_config(&config)),
         reloader: Arc::new(Reloader::new(registry.clone(), config.clone())),
         registry,

@@ -20,6 +20,8 @@ pub struct Organization {
     pub slug: String,
     pub name: String,
     pub connection: String,
+    /// The connection's EHR family (`canvas`, …).
+    pub ehr: String,
     pub mapping: String,
 }
 
@@ -38,6 +40,7 @@ impl Directory {
                 slug: o.slug.clone(),
                 name: o.name.clone(),
                 connection: o.connection.clone(),
+                ehr: config.connections.get(&o.connection).map(|c| c.ehr.clone()).unwrap_or_default(),
                 mapping: o.mapping.clone(),
             });
             by_key.insert(o.id.clone(), org.clone());
@@ -59,6 +62,7 @@ impl Directory {
                 slug: slug.to_string(),
                 name: id.to_string(),
                 connection: "c".into(),
+                ehr: "canvas".into(),
                 mapping: "canvas".into(),
             });
             by_key.insert(id.to_string(), org.clone());
@@ -103,6 +107,8 @@ pub struct AppState {
     pub public_base: String,
     pub created: CreatedLog,
     pub reloader: Arc<Reloader>,
+    /// Set when recording replay cassettes.
+    pub recorder: Option<Arc<crate::replay::record::Recorder>>,
 }
 
 impl AppState {

@@ -2,4 +2,5 @@
 //! and replaying them through the current mappings without calling an EHR.
 
 pub mod cassette;
+pub mod record;
 pub mod redact;
