@@ -37,6 +37,16 @@ enum Command {
         #[command(subcommand)]
         command: MappingsCommand,
     },
+    /// Replay recorded cassettes through the current mappings (no EHR is called); exit 1 on regressions.
+    Replay {
+        /// Folder of cassettes (searched recursively), e.g. tests/replay.
+        dir: PathBuf,
+        #[arg(long, default_value = "mappings")]
+        mappings: PathBuf,
+        /// Rewrite the cassettes whose outcome changed with what the mappings produce now.
+        #[arg(long)]
+        accept: bool,
+    },
     /// Run an EHR simulator on its own.
     Sim {
         #[command(subcommand)]
@@ -162,6 +172,15 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Mappings { command: MappingsCommand::Schema } => {
             println!("{}", ehr_gateway::mapping::editor_schema());
             ExitCode::SUCCESS
+        }
+        Command::Replay { dir, mappings, accept } => {
+            let mut stdout = std::io::stdout();
+            let reports = ehr_gateway::replay::replay_dir(&dir, &mappings, accept, &mut stdout).await;
+            if reports.is_empty() {
+                println!("no cassettes (*.json) under {}", dir.display());
+                return ExitCode::FAILURE;
+            }
+            if reports.iter().all(|r| r.problems.is_empty()) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Command::Sim { ehr: SimCommand::Canvas { instance, fhir, s3 } } => {
             ehr_gateway::logging::init("pretty");

@@ -84,10 +84,10 @@ impl RecordedBody {
             return RecordedBody::None;
         }
         let ct = content_type.unwrap_or("").to_ascii_lowercase();
-        if ct.contains("json") || ct.is_empty() {
-            if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
-                return RecordedBody::Json(v);
-            }
+        if (ct.contains("json") || ct.is_empty())
+            && let Ok(v) = serde_json::from_slice::<Value>(bytes)
+        {
+            return RecordedBody::Json(v);
         }
         if ct.starts_with("application/x-www-form-urlencoded") {
             return RecordedBody::Form(form_urlencoded::parse(bytes).into_owned().collect());

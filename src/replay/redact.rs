@@ -40,6 +40,9 @@ pub struct RedactionPolicy {
     /// JSON keys / form fields holding credentials: replaced by `[redacted]`.
     #[serde(default = "default_secret_keys")]
     pub secret_keys: Vec<String>,
+    /// URL query parameters that sign or authorize a URL (presigned storage links): values replaced.
+    #[serde(default = "default_signing_params")]
+    pub signing_params: Vec<String>,
     /// HMAC key for pseudonyms. Without it a fixed sandbox key is used: set one for real recordings
     /// so pseudonyms cannot be recomputed from guessed ids.
     #[serde(default)]
@@ -64,6 +67,11 @@ fn default_date_keys() -> Vec<String> {
 fn default_data_keys() -> Vec<String> {
     ["data", "attachmentcontents", "image"].map(String::from).to_vec()
 }
+fn default_signing_params() -> Vec<String> {
+    ["X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "Signature", "AWSAccessKeyId", "sig", "token"]
+        .map(String::from)
+        .to_vec()
+}
 fn default_secret_keys() -> Vec<String> {
     ["access_token", "refresh_token", "id_token", "client_secret", "password", "authorization"]
         .map(String::from)
@@ -79,6 +87,7 @@ impl Default for RedactionPolicy {
             date_keys: default_date_keys(),
             data_keys: default_data_keys(),
             secret_keys: default_secret_keys(),
+            signing_params: default_signing_params(),
             pseudonym_key: None,
         }
     }
@@ -89,6 +98,7 @@ pub const SANDBOX_PSEUDONYM_KEY: &str = "ehr-gateway sandbox pseudonyms";
 /// A compiled policy with its key.
 pub struct Redactor {
     patterns: Vec<Regex>,
+    signing: Option<Regex>,
     policy: RedactionPolicy,
     key: Vec<u8>,
 }
@@ -106,7 +116,12 @@ impl Redactor {
             }
             None => SANDBOX_PSEUDONYM_KEY.as_bytes().to_vec(),
         };
-        Ok(Redactor { patterns, policy, key })
+        let names: Vec<String> = policy.signing_params.iter().map(|p| regex::escape(p)).collect();
+        let signing = (!names.is_empty())
+            .then(|| Regex::new(&format!(r"([?&](?:{})=)[^&#\s]*", names.join("|"))))
+            .transpose()
+            .map_err(|e| format!("record.redact.signing_params: {e}"))?;
+        Ok(Redactor { patterns, signing, policy, key })
     }
 
     /// A stable pseudonym of the same shape: hex stays hex, digits stay digits, letters stay letters.
@@ -182,6 +197,11 @@ impl Redactor {
             Value::Array(items) => {
                 // `[name, value]` pairs (queries and form fields) carry their name as the key.
                 if let [Value::String(name), v @ Value::String(_)] = items.as_slice() {
+                    if name == "_page"
+                        && let Some(decoded) = v.as_str().and_then(decode_page_token)
+                    {
+                        self.collect(&Value::String(decoded), None, found);
+                    }
                     self.collect(v, Some(name), found);
                     return;
                 }
@@ -246,6 +266,9 @@ impl Redactor {
                     return;
                 }
                 *s = apply(s, replacements);
+                if let Some(signing) = &self.signing {
+                    *s = signing.replace_all(s, "${1}redacted").into_owned();
+                }
                 // Paging tokens are base64 JSON: redact inside them too.
                 for token in page_tokens(s) {
                     if let Some(decoded) = decode_page_token(&token) {
@@ -258,6 +281,12 @@ impl Redactor {
             Value::Array(items) => {
                 if let [Value::String(name), Value::String(_)] = items.as_slice() {
                     let name = name.clone();
+                    if let Some(Value::String(v)) = items.get_mut(1)
+                        && name == "_page"
+                        && let Some(decoded) = decode_page_token(v)
+                    {
+                        *v = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(apply(&decoded, replacements));
+                    }
                     if let Some(v) = items.get_mut(1) {
                         self.rewrite(v, Some(&name), replacements);
                     }
@@ -436,6 +465,21 @@ mod tests {
         let b = Redactor::new(policy).unwrap();
         assert_ne!(a.pseudonym("1234"), b.pseudonym("1234"));
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn presigned_url_signatures_are_removed() {
+        let redactor = Redactor::new(RedactionPolicy::default()).unwrap();
+        let mut c = cassette();
+        c.request.body = RecordedBody::Json(
+            json!({"valueUri": "https://s3.example/x.jpg?X-Amz-Expires=3600&X-Amz-Signature=abc123&AWSAccessKeyId=AKIA1"}),
+        );
+        redactor.redact(&mut c);
+        let RecordedBody::Json(body) = &c.request.body else { panic!() };
+        assert_eq!(
+            body["valueUri"],
+            "https://s3.example/x.jpg?X-Amz-Expires=3600&X-Amz-Signature=redacted&AWSAccessKeyId=redacted"
+        );
     }
 
     #[test]

@@ -1,0 +1,155 @@
+//! The replay transport: answers upstream requests from a cassette instead of the network. A request
+//! matches a recorded one on method, path, normalized query and body digest; an unmatched request is
+//! reported with the closest recorded candidates and how they differ.
+
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::cassette::{RecordedRequest, UpstreamExchange};
+use super::record::recorded_upstream_request;
+use crate::mapping::engine::UpstreamResponse;
+use crate::server::{INJECTED_BASE_URL, INJECTED_TOKEN_URL};
+use crate::upstream::transport::{BoxFuture, HttpRequest, StreamingResponse, Transport, TransportError};
+
+pub struct ReplayTransport {
+    exchanges: Vec<UpstreamExchange>,
+    /// `accept` mode matches by position and keeps what was actually sent, to rewrite the cassette.
+    accept: bool,
+    state: Mutex<ReplayState>,
+}
+
+#[derive(Default)]
+struct ReplayState {
+    used: Vec<bool>,
+    /// Every request the gateway sent, in order.
+    sent: Vec<RecordedRequest>,
+    /// Problems: unmatched requests with their nearest candidates.
+    problems: Vec<String>,
+}
+
+impl ReplayTransport {
+    pub fn new(exchanges: Vec<UpstreamExchange>, accept: bool) -> Self {
+        let used = vec![false; exchanges.len()];
+        ReplayTransport { exchanges, accept, state: Mutex::new(ReplayState { used, ..Default::default() }) }
+    }
+
+    /// Requests sent, problems found, and recorded exchanges never requested.
+    pub fn finish(&self) -> (Vec<RecordedRequest>, Vec<String>) {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut problems = state.problems.clone();
+        if !self.accept {
+            for (i, used) in state.used.iter().enumerate() {
+                if !used {
+                    let r = &self.exchanges[i].request;
+                    problems.push(format!("upstream[{i}]: recorded {} {} was not sent this time", r.method, r.path));
+                }
+            }
+        }
+        (state.sent.clone(), problems)
+    }
+
+    fn answer(&self, request: &HttpRequest) -> Result<(u16, HeaderMap, Bytes), TransportError> {
+        if request.url == INJECTED_TOKEN_URL {
+            let body = r#"{"access_token":"replay","token_type":"Bearer","expires_in":3600}"#;
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return Ok((200, headers, Bytes::from_static(body.as_bytes())));
+        }
+        let actual = recorded_upstream_request(request, INJECTED_BASE_URL);
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.sent.push(actual.clone());
+        let index = if self.accept {
+            state.used.iter().position(|u| !u)
+        } else {
+            (0..self.exchanges.len())
+                .find(|&i| !state.used[i] && differences(&self.exchanges[i].request, &actual).is_empty())
+        };
+        let Some(index) = index else {
+            let message = self.unmatched(&actual);
+            state.problems.push(message);
+            return Err(TransportError::Broken);
+        };
+        state.used[index] = true;
+        let response = &self.exchanges[index].response;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &response.headers {
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                headers.insert(name, value);
+            }
+        }
+        Ok((response.status, headers, response.body.to_bytes()))
+    }
+
+    fn unmatched(&self, actual: &RecordedRequest) -> String {
+        let mut candidates: Vec<(usize, Vec<String>)> =
+            self.exchanges.iter().enumerate().map(|(i, e)| (i, differences(&e.request, actual))).collect();
+        candidates.sort_by_key(|(_, d)| d.len());
+        let mut message = format!(
+            "no recorded upstream exchange matches {} {}{}; closest recorded:",
+            actual.method,
+            actual.path,
+            if actual.query.is_empty() { String::new() } else { format!("?{}", query_text(&actual.query)) }
+        );
+        if candidates.is_empty() {
+            message.push_str(" none (the cassette has no upstream exchanges)");
+        }
+        for (i, diffs) in candidates.iter().take(3) {
+            message.push_str(&format!("\n      upstream[{i}]: {}", diffs.join("; ")));
+        }
+        message
+    }
+}
+
+fn query_text(query: &[(String, String)]) -> String {
+    form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish()
+}
+
+/// How a recorded request differs from an actual one (empty = match).
+pub fn differences(recorded: &RecordedRequest, actual: &RecordedRequest) -> Vec<String> {
+    let mut out = Vec::new();
+    if recorded.method != actual.method {
+        out.push(format!("method {} (now {})", recorded.method, actual.method));
+    }
+    if recorded.path != actual.path {
+        out.push(format!("path {} (now {})", recorded.path, actual.path));
+    }
+    let (r, a) = (recorded.normalized_query(), actual.normalized_query());
+    if r != a {
+        let only_recorded: Vec<String> = r.iter().filter(|p| !a.contains(p)).map(|(k, v)| format!("{k}={v}")).collect();
+        let only_actual: Vec<String> = a.iter().filter(|p| !r.contains(p)).map(|(k, v)| format!("{k}={v}")).collect();
+        out.push(format!("query has [{}], now [{}]", only_recorded.join(", "), only_actual.join(", ")));
+    }
+    if recorded.body.digest() != actual.body.digest() {
+        let mut body_diff = Vec::new();
+        if let (super::cassette::RecordedBody::Json(r), super::cassette::RecordedBody::Json(a)) =
+            (&recorded.body, &actual.body)
+        {
+            crate::mapping::golden::diff("body", r, a, &mut body_diff);
+        }
+        if body_diff.is_empty() {
+            out.push("body differs".into());
+        } else {
+            out.push(body_diff.join(", "));
+        }
+    }
+    out
+}
+
+impl Transport for ReplayTransport {
+    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<UpstreamResponse, TransportError>> {
+        let result = self.answer(&request).map(|(status, headers, body)| UpstreamResponse { status, headers, body });
+        Box::pin(async move { result })
+    }
+
+    fn stream(&self, request: HttpRequest) -> BoxFuture<'_, Result<StreamingResponse, TransportError>> {
+        let result = self.answer(&request).map(|(status, headers, body)| StreamingResponse {
+            status,
+            headers,
+            body: futures_util::stream::once(async move { Ok(body) }).boxed(),
+        });
+        Box::pin(async move { result })
+    }
+}
