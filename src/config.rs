@@ -487,6 +487,18 @@ organizations = ["nowhere"]
     }
 
     #[test]
+    fn the_redaction_policy_comes_from_config_and_is_checked() {
+        let with_policy = format!("{GOOD}\n[record]\ndir = \"cassettes\"\n[record.redact]\ntext_keys = [\"remark\"]\n");
+        let c = Config::from_toml_str(&with_policy).unwrap();
+        assert_eq!(c.record.dir.as_deref(), Some(Path::new("cassettes")));
+        assert_eq!(c.record.redact.text_keys, ["remark"]);
+        assert!(!c.record.redact.patient_id_keys.is_empty(), "unnamed keys keep their defaults");
+        let bad = format!("{GOOD}\n[record.redact]\npatient_id_patterns = [\"(unclosed\"]\ncolour = 1\n");
+        let errors = Config::from_toml_str(&bad).unwrap_err().0.join("\n");
+        assert!(errors.contains("colour") || errors.contains("patient_id_patterns"), "{errors}");
+    }
+
+    #[test]
     fn secrets_redact_in_debug() {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?}"), "Secret(<redacted>)");

@@ -468,6 +468,18 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_decides_what_is_text() {
+        let policy = RedactionPolicy { text_keys: vec!["remark".into()], ..Default::default() };
+        let redactor = Redactor::new(policy).unwrap();
+        let mut c = cassette();
+        c.request.body = RecordedBody::Json(json!({"remark": "Call Jane Doe", "text": "kept as is"}));
+        redactor.redact(&mut c);
+        let RecordedBody::Json(body) = &c.request.body else { panic!() };
+        assert_eq!(body["remark"], "xxxx xxxx xxx");
+        assert_eq!(body["text"], "kept as is");
+    }
+
+    #[test]
     fn presigned_url_signatures_are_removed() {
         let redactor = Redactor::new(RedactionPolicy::default()).unwrap();
         let mut c = cassette();
