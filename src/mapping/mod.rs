@@ -618,21 +618,42 @@ impl Compiler<'_> {
     }
 }
 
+/// Deserializes the file. An unknown key on a one-line entry is reported and that line set aside, so
+/// the rest of the file is still checked and every mistake shows in one run; other structural errors
+/// (syntax, wrong types, missing keys) stop here.
+fn parse_spec(file: &Path, text: &str) -> Result<(spec::MappingFile, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let mut diagnostics = Vec::new();
+    let mut current = text.to_string();
+    for _ in 0..50 {
+        let e = match toml::from_str::<spec::MappingFile>(&current) {
+            Ok(spec) => return Ok((spec, diagnostics)),
+            Err(e) => e,
+        };
+        let position = e.span().map(|span| line_col(&current, span.start));
+        diagnostics.push(Diagnostic {
+            severity: Severity::Error,
+            file: file.to_path_buf(),
+            position,
+            key: String::new(),
+            message: e.message().trim().to_string(),
+        });
+        // Only unknown keys on single-line entries are safe to set aside and retry without.
+        let Some((line, _)) = position.filter(|_| e.message().starts_with("unknown field")) else { break };
+        let mut lines: Vec<String> = current.lines().map(str::to_string).collect();
+        let Some(entry) = lines.get_mut(line - 1) else { break };
+        let balanced = entry.matches(['[', '{']).count() == entry.matches([']', '}']).count();
+        if !entry.contains('=') || !balanced {
+            break;
+        }
+        *entry = format!("# {entry}");
+        current = lines.join("\n");
+    }
+    Err(diagnostics)
+}
+
 /// Parses and compiles one mapping file: the mapping and its warnings, or every problem found.
 pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let spec: spec::MappingFile = match toml::from_str(text) {
-        Ok(s) => s,
-        Err(e) => {
-            let position = e.span().map(|span| line_col(text, span.start));
-            return Err(vec![Diagnostic {
-                severity: Severity::Error,
-                file: file.to_path_buf(),
-                position,
-                key: String::new(),
-                message: e.message().to_string(),
-            }]);
-        }
-    };
+    let (spec, mut structural) = parse_spec(file, text)?;
     let mut c = Compiler {
         file,
         text,
@@ -788,6 +809,8 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
             );
         }
     }
+    structural.append(&mut c.diagnostics);
+    c.diagnostics = structural;
     if c.diagnostics.iter().any(|d| d.severity == Severity::Error) {
         return Err(c.diagnostics);
     }
@@ -879,12 +902,17 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_rejected_with_their_line() {
+    fn unknown_keys_are_rejected_with_their_line_and_do_not_hide_other_mistakes() {
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/canvas.toml")).unwrap();
-        let broken = text.replacen("default_category =", "colour = \"blue\"\ndefault_category =", 1);
+        let broken = text.replacen("default_category =", "colour = \"blue\"\ndefault_category =", 1).replacen(
+            "| location_id",
+            "| location_idd",
+            1,
+        );
         let d = compile_file("canvas", Path::new("canvas.toml"), &broken).unwrap_err();
         assert!(d[0].message.contains("unknown field `colour`"), "{:?}", d);
         let (line, _) = d[0].position.unwrap();
         assert!(broken.lines().nth(line - 1).unwrap().contains("colour"));
+        assert!(d.iter().any(|d| d.message.contains("unknown transform `location_idd`")), "{d:?}");
     }
 }

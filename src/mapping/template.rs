@@ -47,7 +47,11 @@ impl Expression {
         let head = pieces.next().unwrap_or_default();
         let head = head.trim();
         let source = if head.starts_with('$') {
-            let query = parse_json_path(head).map_err(|e| format!("bad JSONPath `{head}`: {e}"))?;
+            let query = parse_json_path(head).map_err(|e| {
+                // The parser's message spans several lines with an ASCII pointer; keep it to one line.
+                let detail = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+                format!("bad JSONPath `{head}`: {detail}")
+            })?;
             let definite = !head.contains('*')
                 && !head.contains("..")
                 && !head.contains('?')
