@@ -52,6 +52,8 @@ pub struct ReloadOutcome {
 }
 
 pub struct Reloader {
+    /// One reload at a time (watcher, SIGHUP and admin requests), so an older set is never published last.
+    running: Mutex<()>,
     registry: Arc<MappingRegistry>,
     config: Config,
     dir: PathBuf,
@@ -61,12 +63,14 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(registry: Arc<MappingRegistry>, config: Config) -> Self {
         let dir = config.server.mappings_dir.clone();
-        Reloader { registry, config, dir, last: Mutex::new(None) }
+        Reloader { running: Mutex::new(()), registry, config, dir, last: Mutex::new(None) }
     }
 
     /// Loads the folder and publishes it if valid; returns the outcome either way.
     pub fn reload(&self, trigger: &str) -> ReloadOutcome {
-        let current = self.registry.snapshot().version.clone();
+        let _one_at_a_time = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = self.registry.snapshot();
+        let current = previous.version.clone();
         let outcome = match MappingSet::load_dir(&self.dir) {
             Ok(set) => {
                 let problems = fit_problems(&self.config, &set);

@@ -200,6 +200,14 @@ pub async fn build_state_with(
     let registry = Arc::new(MappingRegistry::new(set));
     let recorder = match &config.record.dir {
         Some(dir) if injected.is_none() => {
+            let real =
+                config.connections.iter().filter(|(_, c)| !c.simulator).map(|(n, _)| n.as_str()).collect::<Vec<_>>();
+            if !real.is_empty() && config.record.redact.pseudonym_key.is_none() {
+                return Err(format!(
+                    "recording from real connections ({}) needs record.redact.pseudonym_key: with the built-in sandbox key, pseudonyms of guessed ids could be recomputed",
+                    real.join(", ")
+                ));
+            }
             let redactor = Redactor::new(config.record.redact.clone())?;
             tracing::info!(dir = %dir.display(), "recording replay cassettes");
             Some(Arc::new(Recorder::new(dir.clone(), redactor, config.public_base_url())))

@@ -41,13 +41,8 @@ fn copy_dir(from: &Path, to: &Path) {
 
 const NOTE_WITH_PHI: &str = "Seen by Jane Doe, born 1984-07-21";
 
-#[tokio::test]
-#[ignore = "re-records tests/replay from the simulators; run on purpose"]
-async fn rerecord_cassettes_from_the_simulators() {
-    let dir = cassettes();
-    for file in cassette_files(&dir) {
-        std::fs::remove_file(file).unwrap();
-    }
+/// Runs every Canvas interaction (errors included) through a gateway recording into `dir`.
+async fn record_flows(dir: &Path) {
     let config = sandbox_config("").replace(
         "body_limit_bytes = 65536",
         &format!(
@@ -103,10 +98,64 @@ async fn rerecord_cassettes_from_the_simulators() {
     assert_eq!(get_json(&client, &format!("{base}/Media?patient=Patient/{PATIENT}&status=completed")).await.0, 400);
     sim.inject(Fault::new(FaultAction::Status(500)).with_method(http::Method::GET).repeat(3));
     assert_eq!(get_json(&client, &format!("{base}/Media/{id}")).await.0, 502);
+    // Connections that break without an answer are recorded as such and replay the same way.
+    sim.inject(Fault::new(FaultAction::Reset).with_method(http::Method::GET).repeat(3));
+    assert_eq!(get_json(&client, &format!("{base}/Media/{id}")).await.0, 502);
     let delete = client.delete(format!("{base}/Media/{id}")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(delete.status(), 405);
     drop(gw);
-    assert!(cassette_files(&dir).len() >= 15);
+    assert!(cassette_files(dir).len() >= 15);
+}
+
+#[tokio::test]
+#[ignore = "re-records tests/replay from the simulators; run on purpose"]
+async fn rerecord_cassettes_from_the_simulators() {
+    let dir = cassettes();
+    for file in cassette_files(&dir) {
+        std::fs::remove_file(file).unwrap();
+    }
+    record_flows(&dir).await;
+}
+
+/// What no cassette may contain: the demo credentials, patient id, media bytes and the PHI in notes.
+fn assert_clean(files: &[PathBuf]) {
+    let jpeg = create_body()["content"]["data"].as_str().unwrap().to_string();
+    assert!(!files.is_empty());
+    for file in files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for forbidden in [
+            TOKEN,
+            "demo-canvas-secret",
+            "access_token",
+            "Bearer",
+            PATIENT,
+            &jpeg,
+            &jpeg[..40],
+            "Note #1",
+            "Image title",
+            "Jane Doe",
+            "1984-07-21",
+        ] {
+            assert!(!text.contains(forbidden), "{} contains `{forbidden}`", file.display());
+        }
+        // Presigned storage URLs keep their shape but not their signature.
+        for (i, _) in text.match_indices("X-Amz-Signature=") {
+            assert!(text[i..].starts_with("X-Amz-Signature=redacted"), "{} holds a signature", file.display());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_fresh_recording_is_redacted_and_replays() {
+    let dir = std::env::temp_dir().join(format!("ehrgw-record-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    record_flows(&dir).await;
+    let files = cassette_files(&dir);
+    assert_clean(&files);
+    let mut out = Vec::new();
+    let reports = replay_dir(&dir, Path::new(&mappings_dir()), false, &mut out).await;
+    assert!(reports.iter().all(|r| r.problems.is_empty()), "{}", String::from_utf8_lossy(&out));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
@@ -136,35 +185,13 @@ async fn every_cassette_replays_through_the_current_mappings() {
     for status in [201, 200, 400, 404, 405, 422, 502] {
         assert!(statuses.contains(&status), "no cassette answering {status}");
     }
+    let texts: Vec<String> = cassette_files(&cassettes()).iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
+    assert!(texts.iter().any(|t| t.contains("\"failure\": \"broken\"")), "no cassette with a broken connection");
 }
 
 #[test]
-fn cassettes_hold_no_credentials_patient_ids_or_media() {
-    let jpeg = create_body()["content"]["data"].as_str().unwrap().to_string();
-    let files = cassette_files(&cassettes());
-    assert!(!files.is_empty());
-    for file in files {
-        let text = std::fs::read_to_string(&file).unwrap();
-        for forbidden in [
-            TOKEN,
-            "demo-canvas-secret",
-            "access_token",
-            "Bearer",
-            PATIENT,
-            &jpeg,
-            &jpeg[..40],
-            "Note #1",
-            "Image title",
-            "Jane Doe",
-            "1984-07-21",
-        ] {
-            assert!(!text.contains(forbidden), "{} contains `{forbidden}`", file.display());
-        }
-        // Presigned storage URLs keep their shape but not their signature.
-        for (i, _) in text.match_indices("X-Amz-Signature=") {
-            assert!(text[i..].starts_with("X-Amz-Signature=redacted"), "{} holds a signature", file.display());
-        }
-    }
+fn committed_cassettes_hold_no_credentials_patient_ids_or_media() {
+    assert_clean(&cassette_files(&cassettes()));
 }
 
 #[tokio::test]

@@ -123,6 +123,9 @@ pub struct ErrorSpec {
     /// Text every OperationOutcome diagnostics line must contain, when given.
     #[serde(default)]
     pub message_contains: Option<String>,
+    /// Whether the OperationOutcome must say retrying may help, when given.
+    #[serde(default)]
+    pub retryable: Option<bool>,
 }
 
 /// The outcome of one case.
@@ -137,6 +140,8 @@ pub struct CaseReport {
     pub failures: Vec<String>,
     /// Whether the case expects an error result from an upstream answer (error translation coverage).
     pub translates_error: bool,
+    /// The upstream status whose translation the case checks, if it does.
+    pub translated_status: Option<u16>,
 }
 
 impl CaseReport {
@@ -174,6 +179,7 @@ pub fn run_file(mapping: &Mapping, file: &Path) -> CaseReport {
         description: String::new(),
         failures: Vec::new(),
         translates_error: false,
+        translated_status: None,
     };
     let case: GoldenCase = match std::fs::read_to_string(file)
         .map_err(|e| e.to_string())
@@ -188,6 +194,7 @@ pub fn run_file(mapping: &Mapping, file: &Path) -> CaseReport {
     report.interaction = case.interaction.clone();
     report.description = case.description.clone();
     report.translates_error = case.result.error.is_some() && !case.exchanges.is_empty();
+    report.translated_status = case.exchanges.last().filter(|_| report.translates_error).map(|e| e.respond.status);
     match run_case(mapping, &case, &mut report.category) {
         Ok(failures) => report.failures = failures,
         Err(e) => report.failures.push(e),
@@ -318,6 +325,11 @@ fn compare_result(expected: &ResultSpec, actual: Result<Outcome, GatewayError>, 
             if got.code().as_str() != e.code {
                 failures.push(format!("result.error.code: expected {}, got {}", e.code, got.code().as_str()));
             }
+            if let Some(retryable) = e.retryable
+                && retryable != got.retryable
+            {
+                failures.push(format!("result.error.retryable: expected {retryable}, got {}", got.retryable));
+            }
             if let Some(text) = &e.message_contains
                 && !got.issues.iter().all(|i| i.message.contains(text.as_str()))
             {
@@ -417,8 +429,13 @@ pub fn coverage_gaps(set: &MappingSet, reports: &[CaseReport]) -> Vec<String> {
                 }
             }
         }
-        if !reports.iter().any(|r| &r.mapping == name && r.translates_error) {
-            gaps.push(format!("{name}: no golden case translates an upstream error"));
+        for rule in &mapping.errors {
+            let covered = reports
+                .iter()
+                .any(|r| &r.mapping == name && r.translated_status.is_some_and(|s| rule.status.matches(s)));
+            if !covered {
+                gaps.push(format!("{name}: no golden case translates an upstream {}", rule.status));
+            }
         }
     }
     gaps

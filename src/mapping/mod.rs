@@ -161,6 +161,15 @@ pub enum StatusMatch {
     Class(u16),
 }
 
+impl std::fmt::Display for StatusMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatusMatch::Exact(s) => write!(f, "{s}"),
+            StatusMatch::Class(c) => write!(f, "{c}xx"),
+        }
+    }
+}
+
 impl StatusMatch {
     pub fn matches(&self, status: u16) -> bool {
         match self {

@@ -10,6 +10,9 @@ use sha2::{Digest, Sha256};
 
 pub const FORMAT_VERSION: u32 = 1;
 
+/// The most zero bytes a replay serves for one redacted binary body.
+pub const MAX_REPLAY_BYTES: usize = 64 * 1024 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cassette {
@@ -37,6 +40,9 @@ pub struct OrganizationInfo {
 pub struct UpstreamExchange {
     pub request: RecordedRequest,
     pub response: RecordedResponse,
+    /// The request got no answer (`response` is then empty); replay fails it the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<crate::upstream::transport::TransportError>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,7 +113,8 @@ impl RecordedBody {
                 Bytes::from(form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish())
             }
             RecordedBody::Text(t) => Bytes::from(t.clone()),
-            RecordedBody::RedactedBytes(n) => Bytes::from(vec![0u8; *n]),
+            // Bounded: a cassette is input too.
+            RecordedBody::RedactedBytes(n) => Bytes::from(vec![0u8; (*n).min(MAX_REPLAY_BYTES)]),
         }
     }
 
@@ -116,6 +123,7 @@ impl RecordedBody {
         let canonical = match self {
             RecordedBody::None => Vec::new(),
             RecordedBody::Json(v) => serde_json::to_vec(v).unwrap_or_default(),
+            RecordedBody::RedactedBytes(n) => format!("redacted bytes: {n}").into_bytes(),
             other => other.to_bytes().to_vec(),
         };
         if canonical.is_empty() {

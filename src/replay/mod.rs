@@ -63,23 +63,31 @@ pub async fn replay_file(file: &Path, mappings_dir: &Path, accept: bool) -> Cass
     };
     match replay(&cassette, mappings_dir, accept).await {
         Err(e) => report.problems.push(e),
-        Ok((mut problems, replayed)) => {
-            if accept && replayed != cassette {
-                match std::fs::write(file, replayed.to_pretty_json()) {
-                    Ok(()) => report.rewritten = true,
-                    Err(e) => problems.push(format!("cannot rewrite: {e}")),
+        Ok((upstream_problems, response_diffs, replayed)) => {
+            // Accept rewrites what the mapping now produces, but only when every upstream request still
+            // found a recorded answer: otherwise the cassette must be recorded again.
+            if accept && upstream_problems.is_empty() {
+                if replayed != cassette {
+                    match std::fs::write(file, replayed.to_pretty_json()) {
+                        Ok(()) => report.rewritten = true,
+                        Err(e) => report.problems.push(format!("cannot rewrite: {e}")),
+                    }
                 }
-                problems.clear();
+            } else {
+                report.problems = upstream_problems.into_iter().chain(response_diffs).collect();
             }
-            report.problems = problems;
         }
     }
     report
 }
 
-/// Runs the cassette's front-door request against its recorded upstream answers; returns the
-/// regressions and the cassette as it would be recorded now.
-async fn replay(cassette: &Cassette, mappings_dir: &Path, accept: bool) -> Result<(Vec<String>, Cassette), String> {
+/// Runs the cassette's front-door request against its recorded upstream answers; returns the upstream
+/// problems, the front-door differences, and the cassette as it would be recorded now.
+async fn replay(
+    cassette: &Cassette,
+    mappings_dir: &Path,
+    accept: bool,
+) -> Result<(Vec<String>, Vec<String>, Cassette), String> {
     let org = &cassette.organization;
     let toml = format!(
         "[server]\nmappings_dir = {mappings:?}\npublic_base_url = {base:?}\n[connections.replay]\nehr = {ehr:?}\nsimulator = true\n\
@@ -126,7 +134,8 @@ async fn replay(cassette: &Cassette, mappings_dir: &Path, accept: bool) -> Resul
         body: RecordedBody::from_bytes(content_type, &bytes),
     };
 
-    let (sent, mut problems) = transport.finish();
+    let (sent, upstream_problems) = transport.finish();
+    let mut problems = Vec::new();
     let was = &cassette.response;
     if was.status != now.status {
         problems.push(format!("response.status: expected {}, got {}", was.status, now.status));
@@ -148,7 +157,7 @@ async fn replay(cassette: &Cassette, mappings_dir: &Path, accept: bool) -> Resul
     for (exchange, request) in updated.upstream.iter_mut().zip(sent) {
         exchange.request = request;
     }
-    Ok((problems, updated))
+    Ok((upstream_problems, problems, updated))
 }
 
 fn brief(body: &RecordedBody) -> String {

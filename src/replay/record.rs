@@ -61,7 +61,11 @@ impl Recorder {
     }
 
     fn write(&self, mut cassette: Cassette) {
-        self.redactor.redact(&mut cassette);
+        if let Err(e) = self.redactor.redact(&mut cassette) {
+            // Never write what could not be redacted.
+            tracing::warn!(error = %e, "cassette not written: redaction failed");
+            return;
+        }
         let n = self.counter.fetch_add(1, Ordering::SeqCst) + 1;
         let dir = self.dir.join(&cassette.organization.slug);
         let file = dir.join(format!("{n:04}-{}.json", cassette.interaction));
@@ -190,12 +194,19 @@ impl Transport for RecordingTransport {
     fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<UpstreamResponse, TransportError>> {
         Box::pin(async move {
             let recorded = recorded_upstream_request(&request, &self.base_url);
-            let response = self.inner.send(request).await?;
-            note(UpstreamExchange {
-                request: recorded,
-                response: recorded_response(response.status, &response.headers, &response.body),
-            });
-            Ok(response)
+            match self.inner.send(request).await {
+                Ok(response) => {
+                    let answer = recorded_response(response.status, &response.headers, &response.body);
+                    note(UpstreamExchange { request: recorded, response: answer, failure: None });
+                    Ok(response)
+                }
+                Err(e) => {
+                    // No answer: recorded too, so a replay fails the same way.
+                    let answer = RecordedResponse { status: 0, headers: BTreeMap::new(), body: RecordedBody::None };
+                    note(UpstreamExchange { request: recorded, response: answer, failure: Some(e.clone()) });
+                    Err(e)
+                }
+            }
         })
     }
 
@@ -212,6 +223,7 @@ impl Transport for RecordingTransport {
             note(UpstreamExchange {
                 request: recorded,
                 response: recorded_response(response.status, &response.headers, &bytes),
+                failure: None,
             });
             let body = futures_util::stream::once(async move { Ok(Bytes::from(bytes)) }).boxed();
             Ok(StreamingResponse { status: response.status, headers: response.headers, body })

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::cassette::Cassette;
+use super::cassette::{Cassette, RecordedBody, RecordedRequest, RecordedResponse};
 use crate::config::SecretRef;
 
 /// The redaction policy (`[record.redact]` in the config). Defaults suit FHIR and the shipped EHRs.
@@ -31,6 +31,9 @@ pub struct RedactionPolicy {
     /// JSON keys / form fields holding free text, names or titles: same-length `x` placeholders.
     #[serde(default = "default_text_keys")]
     pub text_keys: Vec<String>,
+    /// Objects whose `value` is sensitive (`identifier`, `telecom`).
+    #[serde(default = "default_value_containers")]
+    pub value_container_keys: Vec<String>,
     /// JSON keys / form fields holding birth dates: same-shape placeholder dates.
     #[serde(default = "default_date_keys")]
     pub date_keys: Vec<String>,
@@ -57,9 +60,37 @@ fn default_id_keys() -> Vec<String> {
     ["patient", "subject", "patientid", "patient_id"].map(String::from).to_vec()
 }
 fn default_text_keys() -> Vec<String> {
-    ["text", "title", "display", "name", "given", "family", "div", "comment", "narrative", "firstname", "lastname"]
-        .map(String::from)
-        .to_vec()
+    [
+        "text",
+        "title",
+        "display",
+        "name",
+        "given",
+        "family",
+        "prefix",
+        "suffix",
+        "div",
+        "comment",
+        "narrative",
+        "firstname",
+        "lastname",
+        "middlename",
+        "line",
+        "city",
+        "postalCode",
+        "zip",
+        "address1",
+        "address2",
+        "mobilephone",
+        "homephone",
+        "email",
+        "ssn",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_value_containers() -> Vec<String> {
+    ["identifier", "telecom"].map(String::from).to_vec()
 }
 fn default_date_keys() -> Vec<String> {
     ["birthDate", "birthdate", "dob", "deceasedDateTime"].map(String::from).to_vec()
@@ -84,6 +115,7 @@ impl Default for RedactionPolicy {
             patient_id_patterns: default_id_patterns(),
             patient_id_keys: default_id_keys(),
             text_keys: default_text_keys(),
+            value_container_keys: default_value_containers(),
             date_keys: default_date_keys(),
             data_keys: default_data_keys(),
             secret_keys: default_secret_keys(),
@@ -104,7 +136,28 @@ pub struct Redactor {
 }
 
 impl Redactor {
-    pub fn new(policy: RedactionPolicy) -> Result<Self, String> {
+    /// Lists in the config add to the built-in defaults: a policy can widen redaction, never narrow it.
+    pub fn new(configured: RedactionPolicy) -> Result<Self, String> {
+        let defaults = RedactionPolicy::default();
+        let merge = |mut list: Vec<String>, extra: Vec<String>| {
+            for e in extra {
+                if !list.iter().any(|l| l.eq_ignore_ascii_case(&e)) {
+                    list.push(e);
+                }
+            }
+            list
+        };
+        let policy = RedactionPolicy {
+            patient_id_patterns: merge(defaults.patient_id_patterns, configured.patient_id_patterns),
+            patient_id_keys: merge(defaults.patient_id_keys, configured.patient_id_keys),
+            text_keys: merge(defaults.text_keys, configured.text_keys),
+            value_container_keys: merge(defaults.value_container_keys, configured.value_container_keys),
+            date_keys: merge(defaults.date_keys, configured.date_keys),
+            data_keys: merge(defaults.data_keys, configured.data_keys),
+            secret_keys: merge(defaults.secret_keys, configured.secret_keys),
+            signing_params: merge(defaults.signing_params, configured.signing_params),
+            pseudonym_key: configured.pseudonym_key,
+        };
         let patterns = policy
             .patient_id_patterns
             .iter()
@@ -146,166 +199,191 @@ impl Redactor {
             .collect()
     }
 
-    /// Redacts a cassette in place.
-    pub fn redact(&self, cassette: &mut Cassette) {
-        let Ok(mut value) = serde_json::to_value(&*cassette) else { return };
+    /// Redacts a cassette in place. On error nothing may be written: the cassette is left half done.
+    pub fn redact(&self, cassette: &mut Cassette) -> Result<(), String> {
         let mut found = Found::default();
-        self.collect(&value, None, &mut found);
-        let replacements = self.replacements(&found);
-        self.rewrite(&mut value, None, &replacements);
-        if let Ok(redacted) = serde_json::from_value(value) {
-            *cassette = redacted;
-        }
+        visit(cassette, &mut |s, key, parent| self.collect(s, key, parent, &mut found));
+        let plan = self.plan(&found)?;
+        visit(cassette, &mut |s, key, parent| self.rewrite(s, key, parent, &plan));
+        Ok(())
     }
 
     fn key_in(list: &[String], key: Option<&str>) -> bool {
         key.is_some_and(|k| list.iter().any(|l| l.eq_ignore_ascii_case(k)))
     }
 
-    /// Walks a value; `key` is the object key or the name of a `[name, value]` pair (queries, forms).
-    fn collect(&self, value: &Value, key: Option<&str>, found: &mut Found) {
-        match value {
-            Value::String(s) => {
-                for p in &self.patterns {
-                    for c in p.captures_iter(s) {
-                        if let Some(m) = c.get(1) {
-                            found.ids.insert(m.as_str().to_string());
-                        }
-                    }
-                }
-                for token in page_tokens(s) {
-                    if let Some(decoded) = decode_page_token(&token) {
-                        self.collect(&Value::String(decoded), key, found);
-                    }
-                }
-                if Self::key_in(&self.policy.patient_id_keys, key) && !s.is_empty() {
-                    let bare = s.rsplit('/').next().unwrap_or(s);
-                    if !bare.is_empty() {
-                        found.ids.insert(bare.to_string());
-                    }
-                }
-                if Self::key_in(&self.policy.text_keys, key) && !s.is_empty() {
-                    found.texts.insert(s.clone());
-                }
-                if Self::key_in(&self.policy.date_keys, key) {
-                    found.dates.insert(s.clone());
-                }
-                if Self::key_in(&self.policy.data_keys, key) && !s.is_empty() {
-                    found.data.insert(s.clone());
+    /// `value` inside an `identifier` or `telecom` entry is as sensitive as free text.
+    fn is_text(&self, key: Option<&str>, parent: Option<&str>) -> bool {
+        Self::key_in(&self.policy.text_keys, key)
+            || (key == Some("value") && Self::key_in(&self.policy.value_container_keys, parent))
+    }
+
+    fn collect(&self, s: &str, key: Option<&str>, parent: Option<&str>, found: &mut Found) {
+        for p in &self.patterns {
+            for c in p.captures_iter(s) {
+                if let Some(m) = c.get(1) {
+                    found.ids.insert(m.as_str().to_string());
                 }
             }
-            Value::Array(items) => {
-                // `[name, value]` pairs (queries and form fields) carry their name as the key.
-                if let [Value::String(name), v @ Value::String(_)] = items.as_slice() {
-                    if name == "_page"
-                        && let Some(decoded) = v.as_str().and_then(decode_page_token)
-                    {
-                        self.collect(&Value::String(decoded), None, found);
-                    }
-                    self.collect(v, Some(name), found);
-                    return;
-                }
-                for item in items {
-                    self.collect(item, key, found);
-                }
+        }
+        for token in page_tokens(s).into_iter().chain((key == Some("_page")).then(|| s.to_string())) {
+            if let Some(decoded) = decode_page_token(&token) {
+                self.collect(&decoded, None, None, found);
             }
-            Value::Object(map) => {
-                for (k, v) in map {
-                    self.collect(v, Some(k), found);
-                }
+        }
+        if s.is_empty() {
+            return;
+        }
+        if Self::key_in(&self.policy.patient_id_keys, key) {
+            let bare = s.rsplit('/').next().unwrap_or(s);
+            if !bare.is_empty() {
+                found.ids.insert(bare.to_string());
             }
-            _ => {}
+        }
+        if self.is_text(key, parent) {
+            found.texts.insert(s.to_string());
+        }
+        if Self::key_in(&self.policy.date_keys, key) {
+            found.dates.insert(s.to_string());
+        }
+        if Self::key_in(&self.policy.data_keys, key) {
+            found.data.insert(s.to_string());
         }
     }
 
-    fn replacements(&self, found: &Found) -> Vec<(Regex, String, bool)> {
-        // (pattern, replacement, whole-string-only)
-        let mut out = Vec::new();
-        let mut push = |original: &str, replacement: String, whole: bool| {
-            let pattern = if whole {
-                format!("^{}$", regex::escape(original))
+    fn plan(&self, found: &Found) -> Result<Plan, String> {
+        let mut plan = Plan::default();
+        // Whole values are looked up, not matched: media can be megabytes.
+        for d in &found.data {
+            plan.whole.insert(d.clone(), placeholder_base64(d));
+        }
+        for d in &found.dates {
+            plan.whole.insert(d.clone(), placeholder_date(d));
+        }
+        let mut inside: Vec<(&String, String)> = found.ids.iter().map(|id| (id, self.pseudonym(id))).collect();
+        for t in &found.texts {
+            let placeholder: String = t.chars().map(|c| if c.is_whitespace() { c } else { 'x' }).collect();
+            if t.chars().count() < 6 {
+                // Short texts ("Doe", "left") would match inside unrelated words: whole values only.
+                plan.whole.insert(t.clone(), placeholder);
             } else {
-                // A value stands alone when not inside a longer word; `%2F` (an encoded `/`) counts as a separator.
-                format!(r"(^|[^A-Za-z0-9]|%[0-9A-Fa-f]{{2}}){}($|[^A-Za-z0-9])", regex::escape(original))
-            };
-            if let Ok(re) = Regex::new(&pattern) {
-                out.push((re, replacement, whole));
+                inside.push((t, placeholder));
             }
-        };
+        }
         // Longest first, so a value containing another is replaced whole.
-        let mut by_len: Vec<(&String, u8)> = found
-            .ids
-            .iter()
-            .map(|s| (s, 0))
-            .chain(found.texts.iter().map(|s| (s, 1)))
-            .chain(found.dates.iter().map(|s| (s, 2)))
-            .chain(found.data.iter().map(|s| (s, 3)))
-            .collect();
-        by_len.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.cmp(b)));
-        for (original, kind) in by_len {
-            match kind {
-                0 => push(original, self.pseudonym(original), false),
-                1 => {
-                    let placeholder: String =
-                        original.chars().map(|c| if c.is_whitespace() { c } else { 'x' }).collect();
-                    // Short texts are replaced only where they are the whole value.
-                    push(original, placeholder, original.chars().count() < 6);
-                }
-                2 => push(original, placeholder_date(original), true),
-                _ => push(original, placeholder_base64(original), true),
+        inside.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(b.0)));
+        for (original, replacement) in inside {
+            // A value stands alone when not inside a longer word; `%2F` (an encoded `/`) counts as a separator.
+            let pattern = format!(r"(^|[^A-Za-z0-9]|%[0-9A-Fa-f]{{2}}){}($|[^A-Za-z0-9])", regex::escape(original));
+            let re = Regex::new(&pattern)
+                .map_err(|e| format!("cannot redact a value of {} characters: {e}", original.len()))?;
+            plan.inside.push((re, replacement));
+        }
+        Ok(plan)
+    }
+
+    fn rewrite(&self, s: &mut String, key: Option<&str>, _parent: Option<&str>, plan: &Plan) {
+        if Self::key_in(&self.policy.secret_keys, key) {
+            *s = "[redacted]".into();
+            return;
+        }
+        if key == Some("_page")
+            && let Some(decoded) = decode_page_token(s)
+        {
+            *s = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(plan.apply(&decoded));
+            return;
+        }
+        *s = plan.apply(s);
+        if let Some(signing) = &self.signing {
+            *s = signing.replace_all(s, "${1}redacted").into_owned();
+        }
+        // Paging tokens inside links are base64 JSON: redact inside them too.
+        for token in page_tokens(s) {
+            if let Some(decoded) = decode_page_token(&token) {
+                let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(plan.apply(&decoded));
+                *s = s.replace(&token, &encoded);
+            }
+        }
+    }
+}
+
+/// What to replace: whole values by lookup, and values inside longer strings by pattern.
+#[derive(Default)]
+struct Plan {
+    whole: std::collections::HashMap<String, String>,
+    inside: Vec<(Regex, String)>,
+}
+
+impl Plan {
+    fn apply(&self, s: &str) -> String {
+        if let Some(r) = self.whole.get(s) {
+            return r.clone();
+        }
+        let mut out = s.to_string();
+        for (re, replacement) in &self.inside {
+            if re.is_match(&out) {
+                // Keep the boundary characters captured around the value.
+                out =
+                    re.replace_all(&out, |c: &regex::Captures| format!("{}{replacement}{}", &c[1], &c[2])).into_owned();
             }
         }
         out
     }
+}
 
-    fn rewrite(&self, value: &mut Value, key: Option<&str>, replacements: &[(Regex, String, bool)]) {
-        match value {
-            Value::String(s) => {
-                if Self::key_in(&self.policy.secret_keys, key) {
-                    *s = "[redacted]".into();
-                    return;
-                }
-                *s = apply(s, replacements);
-                if let Some(signing) = &self.signing {
-                    *s = signing.replace_all(s, "${1}redacted").into_owned();
-                }
-                // Paging tokens are base64 JSON: redact inside them too.
-                for token in page_tokens(s) {
-                    if let Some(decoded) = decode_page_token(&token) {
-                        let redacted = apply(&decoded, replacements);
-                        let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(redacted);
-                        *s = s.replace(&token, &encoded);
-                    }
-                }
-            }
-            Value::Array(items) => {
-                if let [Value::String(name), Value::String(_)] = items.as_slice() {
-                    let name = name.clone();
-                    if let Some(Value::String(v)) = items.get_mut(1)
-                        && name == "_page"
-                        && let Some(decoded) = decode_page_token(v)
-                    {
-                        *v = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(apply(&decoded, replacements));
-                    }
-                    if let Some(v) = items.get_mut(1) {
-                        self.rewrite(v, Some(&name), replacements);
-                    }
-                    if let Some(Value::String(n)) = items.get_mut(0) {
-                        *n = apply(n, replacements);
-                    }
-                    return;
-                }
-                for item in items {
-                    self.rewrite(item, key, replacements);
+/// Called with a string, the key it sits under, and that key's parent.
+type StringVisitor<'a> = dyn FnMut(&mut String, Option<&str>, Option<&str>) + 'a;
+
+/// Calls `f` on every string of a cassette that can carry data, with the key it sits under and that
+/// key's parent: paths, query and form values (keyed by parameter name), header values, JSON strings.
+fn visit(c: &mut Cassette, f: &mut StringVisitor<'_>) {
+    fn request(r: &mut RecordedRequest, f: &mut StringVisitor<'_>) {
+        f(&mut r.path, None, None);
+        for (name, value) in r.query.iter_mut() {
+            f(value, Some(name.as_str()), None);
+        }
+        for (name, value) in r.headers.iter_mut() {
+            f(value, Some(name.as_str()), None);
+        }
+        body(&mut r.body, f);
+    }
+    fn response(r: &mut RecordedResponse, f: &mut StringVisitor<'_>) {
+        for (name, value) in r.headers.iter_mut() {
+            f(value, Some(name.as_str()), None);
+        }
+        body(&mut r.body, f);
+    }
+    fn body(b: &mut RecordedBody, f: &mut StringVisitor<'_>) {
+        match b {
+            RecordedBody::Json(v) => json(v, None, None, f),
+            RecordedBody::Form(pairs) => {
+                for (name, value) in pairs.iter_mut() {
+                    f(value, Some(name.as_str()), None);
                 }
             }
+            // A text body is free text as a whole.
+            RecordedBody::Text(t) => f(t, Some("text"), None),
+            RecordedBody::None | RecordedBody::RedactedBytes(_) => {}
+        }
+    }
+    fn json(v: &mut Value, key: Option<&str>, parent: Option<&str>, f: &mut StringVisitor<'_>) {
+        match v {
+            Value::String(s) => f(s, key, parent),
+            // Array items sit under the array's key.
+            Value::Array(items) => items.iter_mut().for_each(|i| json(i, key, parent, f)),
             Value::Object(map) => {
-                for (k, v) in map.iter_mut() {
-                    self.rewrite(v, Some(k), replacements);
+                for (k, child) in map.iter_mut() {
+                    json(child, Some(k.as_str()), key, f);
                 }
             }
             _ => {}
         }
+    }
+    request(&mut c.request, f);
+    response(&mut c.response, f);
+    for e in c.upstream.iter_mut() {
+        request(&mut e.request, f);
+        response(&mut e.response, f);
     }
 }
 
@@ -315,21 +393,6 @@ struct Found {
     texts: BTreeSet<String>,
     dates: BTreeSet<String>,
     data: BTreeSet<String>,
-}
-
-fn apply(s: &str, replacements: &[(Regex, String, bool)]) -> String {
-    let mut out = s.to_string();
-    for (re, replacement, whole) in replacements {
-        if *whole {
-            if re.is_match(&out) {
-                out = replacement.clone();
-            }
-        } else if re.is_match(&out) {
-            // Keep the boundary characters captured around the value.
-            out = re.replace_all(&out, |c: &regex::Captures| format!("{}{replacement}{}", &c[1], &c[2])).into_owned();
-        }
-    }
-    out
 }
 
 fn page_tokens(s: &str) -> Vec<String> {
@@ -351,9 +414,11 @@ fn decode_page_token(token: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// `1984-07-21` → `1900-01-01` (same length and separators), any other text → digits zeroed.
+/// `1984-07-21` → `1900-02-13` (same length and separators); `07/21/1984` → `02/13/1900`; other text →
+/// digits zeroed.
 fn placeholder_date(original: &str) -> String {
-    const TEMPLATE: &str = "1900-01-01T00:00:00";
+    // Day and month differ, so a swapped day/month still shows in a replay.
+    const TEMPLATE: &str = "1900-02-13T00:00:00";
     if original.len() <= TEMPLATE.len()
         && original.bytes().zip(TEMPLATE.bytes()).all(|(a, b)| a.is_ascii_digit() == b.is_ascii_digit())
     {
@@ -410,6 +475,7 @@ mod tests {
                         json!({"link": [{"url": format!("/Media?_page={}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{{\"l\":\"/Media?patient=Patient%2F{patient}\"}}")))}], "access_token": "tok"}),
                     ),
                 },
+                failure: None,
             }],
         }
     }
@@ -418,7 +484,7 @@ mod tests {
     fn removes_secrets_and_phi_and_keeps_shapes() {
         let redactor = Redactor::new(RedactionPolicy::default()).unwrap();
         let mut c = cassette();
-        redactor.redact(&mut c);
+        redactor.redact(&mut c).unwrap();
         let text = c.to_pretty_json();
         for secret in [
             "b8dfa97bdcdf4754bcd8197ca78ef0f0",
@@ -434,7 +500,7 @@ mod tests {
         }
         let RecordedBody::Json(body) = &c.request.body else { panic!() };
         assert_eq!(body["content"]["data"], "AAAAAAAAAAAAAAA=");
-        assert_eq!(body["contained"][0]["birthDate"], "1900-01-01");
+        assert_eq!(body["contained"][0]["birthDate"], "1900-02-13");
         assert_eq!(body["note"][0]["text"].as_str().unwrap().len(), "Patient reports pain in the left hand".len());
         let pseudonym = redactor.pseudonym("b8dfa97bdcdf4754bcd8197ca78ef0f0");
         assert_eq!(pseudonym.len(), 32);
@@ -472,11 +538,36 @@ mod tests {
         let policy = RedactionPolicy { text_keys: vec!["remark".into()], ..Default::default() };
         let redactor = Redactor::new(policy).unwrap();
         let mut c = cassette();
-        c.request.body = RecordedBody::Json(json!({"remark": "Call Jane Doe", "text": "kept as is"}));
-        redactor.redact(&mut c);
+        c.request.body =
+            RecordedBody::Json(json!({"remark": "Call Jane Doe", "text": "the defaults stay", "code": "kept as is"}));
+        redactor.redact(&mut c).unwrap();
         let RecordedBody::Json(body) = &c.request.body else { panic!() };
         assert_eq!(body["remark"], "xxxx xxxx xxx");
-        assert_eq!(body["text"], "kept as is");
+        assert_eq!(body["text"], "xxx xxxxxxxx xxxx", "configured lists add to the defaults");
+        assert_eq!(body["code"], "kept as is");
+    }
+
+    #[test]
+    fn tricky_values_neither_break_the_cassette_nor_escape() {
+        let redactor = Redactor::new(RedactionPolicy::default()).unwrap();
+        let mut c = cassette();
+        let big = "QUFB".repeat(500_000);
+        c.request.body = RecordedBody::Json(json!({
+            "note": [{"text": "none"}],
+            "name": [{"given": ["Jane", "Marie"]}],
+            "identifier": [{"system": "urn:mrn", "value": "MRN-778899"}],
+            "content": {"data": big},
+        }));
+        c.request.query = vec![("patient".into(), "none".into())];
+        redactor.redact(&mut c).unwrap();
+        assert_eq!(c.response.body, RecordedBody::None, "enum tags are not data");
+        let RecordedBody::Json(body) = &c.request.body else { panic!() };
+        assert_eq!(body["name"][0]["given"], json!(["xxxx", "xxxxx"]));
+        assert_eq!(body["identifier"][0]["value"], "xxxxxxxxxx");
+        assert_eq!(body["identifier"][0]["system"], "urn:mrn");
+        assert_eq!(body["content"]["data"].as_str().unwrap().len(), big.len());
+        assert!(body["content"]["data"].as_str().unwrap().bytes().all(|b| b == b'A'));
+        assert_ne!(c.request.query[0].1, "none");
     }
 
     #[test]
@@ -486,7 +577,7 @@ mod tests {
         c.request.body = RecordedBody::Json(
             json!({"valueUri": "https://s3.example/x.jpg?X-Amz-Expires=3600&X-Amz-Signature=abc123&AWSAccessKeyId=AKIA1"}),
         );
-        redactor.redact(&mut c);
+        redactor.redact(&mut c).unwrap();
         let RecordedBody::Json(body) = &c.request.body else { panic!() };
         assert_eq!(
             body["valueUri"],
@@ -501,7 +592,7 @@ mod tests {
         c.request.body = RecordedBody::Json(
             json!({"subject": {"reference": "Patient/12"}, "count": "5123", "path": "/patients/12/docs"}),
         );
-        redactor.redact(&mut c);
+        redactor.redact(&mut c).unwrap();
         let RecordedBody::Json(body) = &c.request.body else { panic!() };
         assert_eq!(body["count"], "5123", "a longer number containing the id is untouched");
         assert_eq!(body["path"], format!("/patients/{}/docs", redactor.pseudonym("12")));

@@ -36,16 +36,14 @@ impl ReplayTransport {
         ReplayTransport { exchanges, accept, state: Mutex::new(ReplayState { used, ..Default::default() }) }
     }
 
-    /// Requests sent, problems found, and recorded exchanges never requested.
+    /// Requests sent, and problems: unmatched requests and recorded exchanges never requested.
     pub fn finish(&self) -> (Vec<RecordedRequest>, Vec<String>) {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut problems = state.problems.clone();
-        if !self.accept {
-            for (i, used) in state.used.iter().enumerate() {
-                if !used {
-                    let r = &self.exchanges[i].request;
-                    problems.push(format!("upstream[{i}]: recorded {} {} was not sent this time", r.method, r.path));
-                }
+        for (i, used) in state.used.iter().enumerate() {
+            if !used {
+                let r = &self.exchanges[i].request;
+                problems.push(format!("upstream[{i}]: recorded {} {} was not sent this time", r.method, r.path));
             }
         }
         (state.sent.clone(), problems)
@@ -68,11 +66,21 @@ impl ReplayTransport {
                 .find(|&i| !state.used[i] && differences(&self.exchanges[i].request, &actual).is_empty())
         };
         let Some(index) = index else {
-            let message = self.unmatched(&actual);
+            let message = if self.accept {
+                format!(
+                    "{} {} has no recorded answer (the mapping sends more requests than recorded); record this cassette again",
+                    actual.method, actual.path
+                )
+            } else {
+                self.unmatched(&actual)
+            };
             state.problems.push(message);
             return Err(TransportError::Broken);
         };
         state.used[index] = true;
+        if let Some(failure) = &self.exchanges[index].failure {
+            return Err(failure.clone());
+        }
         let response = &self.exchanges[index].response;
         let mut headers = HeaderMap::new();
         for (k, v) in &response.headers {
@@ -121,6 +129,9 @@ pub fn differences(recorded: &RecordedRequest, actual: &RecordedRequest) -> Vec<
         let only_recorded: Vec<String> = r.iter().filter(|p| !a.contains(p)).map(|(k, v)| format!("{k}={v}")).collect();
         let only_actual: Vec<String> = a.iter().filter(|p| !r.contains(p)).map(|(k, v)| format!("{k}={v}")).collect();
         out.push(format!("query has [{}], now [{}]", only_recorded.join(", "), only_actual.join(", ")));
+    }
+    if recorded.headers != actual.headers {
+        out.push(format!("headers {:?} (now {:?})", recorded.headers, actual.headers));
     }
     if recorded.body.digest() != actual.body.digest() {
         let mut body_diff = Vec::new();

@@ -31,7 +31,8 @@ impl std::fmt::Debug for HttpRequest {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TransportError {
     /// The connection was never established: the EHR cannot have seen the request.
     Connect,
