@@ -39,7 +39,13 @@ impl ReplayTransport {
     /// Requests sent, and problems: unmatched requests and recorded exchanges never requested.
     pub fn finish(&self) -> (Vec<RecordedRequest>, Vec<String>) {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut problems = state.problems.clone();
+        // The gateway retries reads, so one unmatched request can be reported several times.
+        let mut problems: Vec<String> = Vec::new();
+        for p in &state.problems {
+            if !problems.contains(p) {
+                problems.push(p.clone());
+            }
+        }
         for (i, used) in state.used.iter().enumerate() {
             if !used {
                 let r = &self.exchanges[i].request;
@@ -105,7 +111,7 @@ impl ReplayTransport {
             message.push_str(" none (the cassette has no upstream exchanges)");
         }
         for (i, diffs) in candidates.iter().take(3) {
-            message.push_str(&format!("\n      upstream[{i}]: {}", diffs.join("; ")));
+            message.push_str(&format!("\n           upstream[{i}]: {}", diffs.join("; ")));
         }
         message
     }
