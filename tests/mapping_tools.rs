@@ -2,26 +2,16 @@
 //! template fails with a diff naming the field, the editor schema is current and accepts every mapping,
 //! and `mappings check` reports every mistake with file:line.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::copy_dir;
 use ehr_gateway::mapping::{MappingSet, editor_schema, golden};
 
 fn mappings() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn scratch(name: &str) -> PathBuf {

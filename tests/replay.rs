@@ -26,19 +26,6 @@ fn scratch(name: &str, from: &Path) -> PathBuf {
     dir
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 const NOTE_WITH_PHI: &str = "Seen by Jane Doe, born 1984-07-21";
 
 /// Runs every Canvas interaction (errors included) through a gateway recording into `dir`.

@@ -122,3 +122,17 @@ pub async fn search_all(client: &reqwest::Client, first: &str) -> Vec<Value> {
     }
     out
 }
+
+/// Copies a folder tree (mappings, cassettes) so a test can change it.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
