@@ -609,6 +609,7 @@ async fn search(o: &OrgCtx, params: Vec<(String, String)>) -> Result<GatewayResp
     let mut links =
         vec![json!({"relation": "self", "url": format!("{}/Media?{}", o.fhir_base, encode_query(&params))})];
     if let Some(next) = next {
+        let next = relative_link(&next, &o.client.settings().base_url);
         let token = engine::encode_page_token(&category.name, &next);
         links.push(json!({"relation": "next", "url": format!("{}/Media?_page={token}", o.fhir_base)}));
     }
@@ -627,6 +628,25 @@ async fn search(o: &OrgCtx, params: Vec<(String, String)>) -> Result<GatewayResp
         bundle.as_object_mut().map(|b| b.remove("entry"));
     }
     Ok(json_response(StatusCode::OK, &bundle))
+}
+
+/// An upstream `next` link relative to the connection's base URL. Canvas sends relative links; an EHR
+/// that sends absolute ones (its own host, perhaps with the base path) gets the same treatment, and the
+/// host is never trusted: pages are always fetched from the configured base URL.
+fn relative_link(link: &str, base_url: &str) -> String {
+    if let Some(rest) = link.strip_prefix(base_url.trim_end_matches('/')) {
+        return rest.to_string();
+    }
+    match link.split_once("://") {
+        Some((_, after_scheme)) => {
+            let path = after_scheme.find('/').map(|i| &after_scheme[i..]).unwrap_or("/");
+            // Drop the base URL's own path prefix, if the link carries it.
+            let base_path = base_url.split_once("://").and_then(|(_, a)| a.find('/').map(|i| &a[i..])).unwrap_or("");
+            let base_path = base_path.trim_end_matches('/');
+            path.strip_prefix(base_path).filter(|p| p.starts_with('/')).unwrap_or(path).to_string()
+        }
+        None => link.to_string(),
+    }
 }
 
 fn encode_query(params: &[(String, String)]) -> String {
@@ -862,6 +882,16 @@ mod tests {
         assert!(matches!(r("POST", &format!("{base}/Media/x")), Route::MethodNotAllowed { .. }));
         assert!(matches!(r("GET", "/organizations/demo/fhir/3/Media"), Route::NotFound { .. }));
         assert!(matches!(r("GET", "/elsewhere"), Route::NotFound { org: None }));
+    }
+
+    #[test]
+    fn next_links_become_relative_to_the_base_url() {
+        let base = "https://fumage-x.canvasmedical.com";
+        assert_eq!(relative_link("/Media?_offset=10", base), "/Media?_offset=10");
+        assert_eq!(relative_link("https://fumage-x.canvasmedical.com/Media?_offset=10", base), "/Media?_offset=10");
+        assert_eq!(relative_link("https://elsewhere.example/Media?_offset=10", base), "/Media?_offset=10");
+        assert_eq!(relative_link("https://h.example/fhir/r4/Media?x=1", "https://h.example/fhir/r4/"), "/Media?x=1");
+        assert_eq!(relative_link("https://other.example/fhir/r4/Media?x=1", "https://h.example/fhir/r4"), "/Media?x=1");
     }
 
     #[test]
