@@ -94,6 +94,8 @@ pub struct GatewayError {
     pub retry_after: Option<Duration>,
     /// The upstream never answered (timeout, broken connection): a write may or may not have happened.
     pub no_answer: bool,
+    /// For a 405: the methods the resource does allow (the `Allow` header).
+    pub allow: Option<String>,
     pub issues: Vec<Issue>,
 }
 
@@ -105,6 +107,7 @@ impl GatewayError {
             retryable: false,
             retry_after: None,
             no_answer: false,
+            allow: None,
             issues: vec![Issue { code, message: message.into(), expression: Vec::new() }],
         }
     }
@@ -128,7 +131,15 @@ impl GatewayError {
 
     /// Several client issues reported at once (validation).
     pub fn client_issues(status: StatusCode, issues: Vec<Issue>) -> Self {
-        GatewayError { status, side: Side::Client, retryable: false, retry_after: None, no_answer: false, issues }
+        GatewayError {
+            status,
+            side: Side::Client,
+            retryable: false,
+            retry_after: None,
+            no_answer: false,
+            allow: None,
+            issues,
+        }
     }
 
     pub fn with_expression(mut self, expression: impl Into<String>) -> Self {
@@ -140,6 +151,11 @@ impl GatewayError {
 
     pub fn retryable(mut self, retryable: bool) -> Self {
         self.retryable = retryable;
+        self
+    }
+
+    pub fn with_allow(mut self, methods: impl Into<String>) -> Self {
+        self.allow = Some(methods.into());
         self
     }
 

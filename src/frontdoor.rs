@@ -297,7 +297,8 @@ pub async fn handle(state: Arc<AppState>, req: GatewayRequest) -> Result<Gateway
             StatusCode::METHOD_NOT_ALLOWED,
             IssueCode::NotSupported,
             format!("this endpoint allows only {allowed}"),
-        )),
+        )
+        .with_allow(allowed)),
         Route::Metadata { ref org } => {
             let o = org_ctx(&state, &req, org)?;
             Ok(json_response(StatusCode::OK, &capability_statement(&o, &state)))
@@ -343,18 +344,18 @@ pub async fn handle(state: Arc<AppState>, req: GatewayRequest) -> Result<Gateway
             let o = org_ctx(&state, &req, org)?;
             let (_, resource) = read_fhir_body(req).await?;
             validate_resource(&resource)?;
-            Err(engine::not_supported(&o.mapping, "update", None))
+            Err(engine::not_supported(&o.mapping, "update", None).with_allow(INSTANCE_METHODS))
         }
         Route::Patch { ref org, .. } => {
             let o = org_ctx(&state, &req, org)?;
             // The document is checked even though no mapping can patch yet, so a malformed patch is
             // reported as such rather than hidden behind the 405.
             check_patch_document(req).await?;
-            Err(engine::not_supported(&o.mapping, "patch", None))
+            Err(engine::not_supported(&o.mapping, "patch", None).with_allow(INSTANCE_METHODS))
         }
         Route::Delete { ref org, .. } => {
             let o = org_ctx(&state, &req, org)?;
-            Err(engine::not_supported(&o.mapping, "delete", None))
+            Err(engine::not_supported(&o.mapping, "delete", None).with_allow(INSTANCE_METHODS))
         }
         Route::Search { ref org } => {
             let o = org_ctx(&state, &req, org)?;
@@ -379,6 +380,10 @@ pub async fn handle(state: Arc<AppState>, req: GatewayRequest) -> Result<Gateway
         }
     }
 }
+
+/// What `Media/{id}` allows (the `Allow` header of its 405s). The mapping format has no update, patch
+/// or delete interactions yet, so only reads; this grows with them.
+const INSTANCE_METHODS: &str = "GET";
 
 fn admin_json(status: StatusCode, value: &Value) -> GatewayResponse {
     let mut r = json_response(status, value);

@@ -12,7 +12,7 @@ use ehr_gateway::mapping::{MappingSet, Severity, golden};
 #[command(
     name = "ehr-gateway",
     version,
-    about = "One FHIR R4 Media API in front of athenahealth, Elation, Epic and Canvas"
+    about = "One FHIR R4 Media API in front of EHRs (Canvas today; athenahealth, Elation and Epic next)"
 )]
 struct Cli {
     #[command(subcommand)]

@@ -266,12 +266,16 @@ async fn every_bad_input_gets_a_precise_operation_outcome() {
         }
         let r = req.body(case.body.clone()).send().await.unwrap();
         let status = r.status().as_u16();
+        let r_allow = r.headers().get("allow").map(|v| v.to_str().unwrap().to_string());
         let content_type = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
         let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or(Value::Null);
         let diagnostics: Vec<&str> =
             body["issue"].as_array().into_iter().flatten().filter_map(|i| i["diagnostics"].as_str()).collect();
         let codes: Vec<&str> =
             body["issue"].as_array().into_iter().flatten().filter_map(|i| i["code"].as_str()).collect();
+        if status == 405 && r_allow.is_none() {
+            failures.push(format!("{}: a 405 without an Allow header", case.name));
+        }
         let ok = status == case.status
             && body["resourceType"] == "OperationOutcome"
             && content_type.as_deref() == Some("application/fhir+json")

@@ -99,6 +99,12 @@ fn every_how_to_fragment_compiles_and_its_golden_case_passes() {
         assert!(warnings.iter().all(|w| w.severity == Severity::Warning));
         assert!(warnings.is_empty(), "{name}: {warnings:?}");
         assert!(!goldens.is_empty(), "{name} shows no golden case");
+        // A how-to must not break what the mapping already does: every shipped case still passes.
+        let shipped_dir = root().join("mappings/canvas/tests");
+        for entry in std::fs::read_dir(&shipped_dir).unwrap() {
+            let report = golden::run_file(&mapping, &entry.unwrap().path());
+            assert!(report.passed(), "{name} breaks {}: {:?}", report.file.display(), report.failures);
+        }
         for (i, case) in goldens.iter().enumerate() {
             let file = dir.join(format!("{name}-{i}.toml"));
             std::fs::write(&file, case).unwrap();

@@ -40,6 +40,9 @@ pub fn into_response(error: &GatewayError) -> Response<Body> {
     *response.status_mut() = error.status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(super::FHIR_JSON));
+    if let Some(allow) = error.allow.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
+        headers.insert(header::ALLOW, allow);
+    }
     if error.status == http::StatusCode::UNAUTHORIZED {
         headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }

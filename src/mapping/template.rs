@@ -305,6 +305,16 @@ impl Template {
         }
     }
 
+    /// True when the template holds no expression: it always renders the same value.
+    pub fn is_static(&self) -> bool {
+        match self {
+            Template::Literal(_) => true,
+            Template::Expr(_) | Template::Text(_) => false,
+            Template::Object(fields) => fields.iter().all(|(_, t)| t.is_static()),
+            Template::Array(items) => items.iter().all(Template::is_static),
+        }
+    }
+
     /// Every expression in the template, for load-time checks.
     pub fn expressions(&self) -> Vec<&Expression> {
         match self {
@@ -323,12 +333,17 @@ impl Template {
             Template::Text(t) => t.render(scope)?.map(Value::String),
             Template::Object(fields) => {
                 let mut map = Map::new();
+                let mut data_found = false;
                 for (k, t) in fields {
                     if let Some(v) = t.render(scope)? {
+                        data_found |= !t.is_static();
                         map.insert(k.clone(), v);
                     }
                 }
-                (!map.is_empty()).then_some(Value::Object(map))
+                // An object made of literals plus expressions that found nothing (a `system` beside a
+                // missing `code`) carries no data: leave it out rather than emit a stray shell.
+                let has_dynamic = fields.iter().any(|(_, t)| !t.is_static());
+                (!map.is_empty() && (data_found || !has_dynamic)).then_some(Value::Object(map))
             }
             Template::Array(items) => {
                 let mut out = Vec::new();
@@ -367,6 +382,16 @@ mod tests {
         assert_eq!(
             out,
             json!({"resourceType": "Media", "id": "cv.u1", "status": "completed", "subject": {"reference": "Patient/1"}, "url": "http://g/Media/{x}"})
+        );
+    }
+
+    #[test]
+    fn objects_whose_expressions_find_nothing_are_left_out() {
+        let template = json!({"bodySite": {"coding": [{"system": "http://snomed.info/sct", "code": "$.site"}]}, "fixed": {"a": 1}});
+        assert_eq!(render(template.clone(), json!({}), &[]).unwrap(), json!({"fixed": {"a": 1}}));
+        assert_eq!(
+            render(template, json!({"site": "x"}), &[]).unwrap(),
+            json!({"bodySite": {"coding": [{"system": "http://snomed.info/sct", "code": "x"}]}, "fixed": {"a": 1}})
         );
     }
 

@@ -92,6 +92,8 @@ pub async fn handle_recorded(
         Route::Healthz
             | Route::AdminMappings
             | Route::AdminReload
+            // Type history answers from this process's memory, which a replay does not have.
+            | Route::HistoryType { .. }
             | Route::Metadata { .. }
             | Route::NotFound { .. }
             | Route::MethodNotAllowed { .. }
