@@ -336,7 +336,8 @@ impl Template {
                 let mut data_found = false;
                 for (k, t) in fields {
                     if let Some(v) = t.render(scope)? {
-                        data_found |= !t.is_static();
+                        // Literal scalars (`system`, `resourceType`) label data; they are not data themselves.
+                        data_found |= !matches!(t, Template::Literal(v) if !v.is_object() && !v.is_array());
                         map.insert(k.clone(), v);
                     }
                 }
