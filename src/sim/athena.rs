@@ -150,64 +150,7 @@ pub struct AthenaSimStats {
     pub creates: u64,
 }
 
-/// A queued fault. It applies to the next `times` matching requests, then disappears.
-///
-/// Matching: `method` (if set) must equal the request method and `path_prefix` (if set) must prefix the request path.
-/// A fault **without** `path_prefix` matches API requests (`/v1/…`) only, so a blanket fault never lands on the token
-/// fetch that precedes the request under test; to hit the token endpoint give the prefix `/oauth2/`.
-/// `times: 0` makes the fault inert; use `usize::MAX` for "always". Faults act before authentication and before the
-/// request body is read, like a failing API gateway in front of athenaNet.
-#[derive(Debug, Clone)]
-pub struct Fault {
-    /// Only requests with this method (any method if `None`).
-    pub method: Option<Method>,
-    /// Only paths starting with this prefix (`/v1/` paths only if `None`).
-    pub path_prefix: Option<String>,
-    /// How many matching requests the fault still applies to.
-    pub times: usize,
-    /// What happens to a matching request.
-    pub action: FaultAction,
-}
-
-impl Fault {
-    /// A fault that hits the next API request of any kind, once.
-    pub fn new(action: FaultAction) -> Self {
-        Self { method: None, path_prefix: None, times: 1, action }
-    }
-
-    /// Restrict to one HTTP method.
-    pub fn with_method(mut self, method: Method) -> Self {
-        self.method = Some(method);
-        self
-    }
-
-    /// Restrict to paths starting with `prefix`.
-    pub fn with_path_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.path_prefix = Some(prefix.into());
-        self
-    }
-
-    /// Apply to the next `times` matching requests.
-    pub fn repeat(mut self, times: usize) -> Self {
-        self.times = times;
-        self
-    }
-}
-
-/// What a matching fault does to the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultAction {
-    /// Answer this status with the body athena would send (athena.md §3.1). 403 is the throttling variant (HTML
-    /// "Developer Over Qps", `X-Mashery-Error-Code`, `Retry-After`); 429 and 503 add `Retry-After: 1`; 502, 503 and
-    /// 504 come from the API gateway and have no JSON body.
-    Status(u16),
-    /// Wait this long, then serve normally.
-    Latency(Duration),
-    /// Never answer; the client's timeout must fire. The connection is reset when the simulator stops.
-    Hang,
-    /// Close the connection with a TCP reset and no response.
-    Reset,
-}
+pub use super::fault::{Fault, FaultAction};
 
 /// Entry point of the simulator.
 pub struct AthenaSim;
@@ -634,21 +577,7 @@ impl State {
     /// Pops the first queued fault matching this request, if any.
     fn take_fault(&self, method: &Method, path: &str) -> Option<FaultAction> {
         let mut data = self.data();
-        let index = data.faults.iter().position(|fault| {
-            let method_ok = fault.method.as_ref().is_none_or(|m| m == method);
-            let path_ok = match &fault.path_prefix {
-                Some(prefix) => path.starts_with(prefix.as_str()),
-                None => path.starts_with("/v1/"),
-            };
-            method_ok && path_ok && fault.times > 0
-        })?;
-        let fault = &mut data.faults[index];
-        let action = fault.action;
-        fault.times -= 1;
-        if fault.times == 0 {
-            data.faults.remove(index);
-        }
-        Some(action)
+        super::fault::take(&mut data.faults, method, path, path.starts_with("/v1/"))
     }
 
     async fn apply_fault(&self, method: &Method, path: &str) -> Result<Option<SimResponse>, ResetConnection> {

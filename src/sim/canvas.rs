@@ -143,62 +143,7 @@ pub struct CanvasSimStats {
     pub max_concurrent_requests: u64,
 }
 
-/// A queued fault. It applies to the next `times` matching requests, then disappears.
-///
-/// Matching: `method` (if set) must equal the request method and `path_prefix` (if set) must prefix the request path.
-/// A fault **without** `path_prefix` matches fumage (FHIR host) requests only, so a blanket fault never lands on the
-/// token fetch that precedes the request under test; to hit the token endpoint or the S3 host, give a prefix such as
-/// `/auth/token/` or `/canvas-client-media/`. `times: 0` makes the fault inert; use `usize::MAX` for "always".
-/// Faults act before authentication and before the request body is read, like a failing proxy in front of Canvas.
-#[derive(Debug, Clone)]
-pub struct Fault {
-    /// Only requests with this method (any method if `None`).
-    pub method: Option<Method>,
-    /// Only paths starting with this prefix (fumage paths only if `None`).
-    pub path_prefix: Option<String>,
-    /// How many matching requests the fault still applies to.
-    pub times: usize,
-    /// What happens to a matching request.
-    pub action: FaultAction,
-}
-
-impl Fault {
-    /// A fault that hits the next fumage request of any kind, once.
-    pub fn new(action: FaultAction) -> Self {
-        Self { method: None, path_prefix: None, times: 1, action }
-    }
-
-    /// Restrict to one HTTP method.
-    pub fn with_method(mut self, method: Method) -> Self {
-        self.method = Some(method);
-        self
-    }
-
-    /// Restrict to paths starting with `prefix`.
-    pub fn with_path_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.path_prefix = Some(prefix.into());
-        self
-    }
-
-    /// Apply to the next `times` matching requests.
-    pub fn repeat(mut self, times: usize) -> Self {
-        self.times = times;
-        self
-    }
-}
-
-/// What a matching fault does to the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultAction {
-    /// Answer this status with the body Canvas would send (canvas.md §1.4); 429 and 503 add `Retry-After: 1`.
-    Status(u16),
-    /// Wait this long, then serve normally.
-    Latency(Duration),
-    /// Never answer; the client's timeout must fire. The connection is reset when the simulator stops.
-    Hang,
-    /// Close the connection with a TCP reset and no response.
-    Reset,
-}
+pub use super::fault::{Fault, FaultAction};
 
 /// Entry point of the simulator.
 pub struct CanvasSim;
@@ -520,22 +465,7 @@ impl State {
     /// Pops the first queued fault matching this request, if any.
     fn take_fault(&self, host: Host, method: &Method, path: &str) -> Option<FaultAction> {
         let mut data = self.data();
-        let index = data.faults.iter().position(|fault| {
-            let method_ok = fault.method.as_ref().is_none_or(|m| m == method);
-            let path_ok = match &fault.path_prefix {
-                Some(prefix) => path.starts_with(prefix.as_str()),
-                // Prefix-less faults target the FHIR API only (see `Fault`).
-                None => host == Host::Fumage,
-            };
-            method_ok && path_ok && fault.times > 0
-        })?;
-        let fault = &mut data.faults[index];
-        let action = fault.action;
-        fault.times -= 1;
-        if fault.times == 0 {
-            data.faults.remove(index);
-        }
-        Some(action)
+        super::fault::take(&mut data.faults, method, path, host == Host::Fumage)
     }
 
     /// Applies a fault. `Ok(None)` means "serve normally" (possibly after a delay).

@@ -2,4 +2,5 @@
 
 pub mod athena;
 pub mod canvas;
+pub mod fault;
 mod support;
