@@ -39,7 +39,8 @@ where
         // Inner services are always ready (they are clones of a stateless stack); surface a failure anyway.
         match self.inner.poll_ready(cx) {
             Poll::Ready(Err(e)) => {
-                tracing::error!(error = %e, "inner service failed readiness");
+                // Status and code only: messages can quote client input.
+                tracing::error!(status = e.status.as_u16(), code = e.code().as_str(), "inner service failed readiness");
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),

@@ -63,7 +63,6 @@ where
 #[cfg(test)]
 pub(crate) mod testing {
     //! A scripted inner service for middleware tests: records what reached it and answers 200.
-    use std::convert::Infallible;
     use std::sync::{Arc, Mutex};
 
     use super::*;
@@ -108,7 +107,4 @@ pub(crate) mod testing {
     pub fn empty(b: http::request::Builder) -> GatewayRequest {
         b.body(body::empty()).unwrap()
     }
-
-    #[allow(dead_code)]
-    pub type Never = Infallible;
 }

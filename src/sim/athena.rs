@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -43,7 +43,10 @@ use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use super::support::{self, HandlerResult, ResetConnection, ShutdownSignal, ShutdownTrigger, SimResponse};
+use super::support::{
+    self, HandlerResult, ResetConnection, ShutdownSignal, ShutdownTrigger, SimResponse, advertised_url,
+    basic_credentials, empty_response, has_media_type, json_response,
+};
 
 /// An early answer from a validation step, boxed to keep `Result`s small.
 type Refusal = Box<SimResponse>;
@@ -166,7 +169,7 @@ impl AthenaSim {
     /// The server runs until [`AthenaSimHandle::shutdown`] is called or the last handle clone is dropped.
     pub async fn start_on(config: AthenaSimConfig, api_addr: SocketAddr) -> io::Result<AthenaSimHandle> {
         let listener = TcpListener::bind(api_addr).await?;
-        let host_base = host_url(listener.local_addr()?);
+        let host_base = advertised_url(listener.local_addr()?);
         let (trigger, signal) = support::shutdown_channel();
         let state = Arc::new(State::new(config, host_base.clone(), signal.clone()));
         let st = Arc::clone(&state);
@@ -176,20 +179,6 @@ impl AthenaSim {
         });
         Ok(AthenaSimHandle { inner: Arc::new(HandleInner { state, trigger, host_base }) })
     }
-}
-
-/// URL of a bound address. A wildcard bind (CLI `0.0.0.0`) is advertised as loopback, because page `href`s must be
-/// dialable.
-fn host_url(addr: SocketAddr) -> String {
-    let ip = if addr.ip().is_unspecified() {
-        match addr.ip() {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-        }
-    } else {
-        addr.ip()
-    };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
 /// Control handle of a running simulator. Cheap to clone; the server stops when the last clone is dropped.
@@ -1909,28 +1898,6 @@ fn fmt_datetime(secs: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{UTC_OFFSET_TEXT}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-/// True if the Content-Type's media type (parameters ignored, case-insensitive) is one of `allowed`.
-fn has_media_type(headers: &HeaderMap, allowed: &[&str]) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim())
-        .is_some_and(|media_type| allowed.iter().any(|a| media_type.eq_ignore_ascii_case(a)))
-}
-
-/// Client credentials from an `Authorization: Basic` header, if present and well-formed.
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = BASE64.decode(encoded.trim()).ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    let (id, secret) = decoded.split_once(':')?;
-    Some((id.to_owned(), secret.to_owned()))
-}
-
 /// `{"success": true}` or `{"success": "true"}`.
 fn success(stringly: bool, ok: bool) -> Value {
     if stringly { json!({"success": ok.to_string()}) } else { json!({"success": ok}) }
@@ -1943,12 +1910,6 @@ fn failure(stringly: bool, message: &str) -> Value {
     body
 }
 
-fn empty_response(status: StatusCode) -> SimResponse {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = status;
-    response
-}
-
 fn plain_response(status: StatusCode, text: &'static str) -> SimResponse {
     let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
@@ -1959,15 +1920,6 @@ fn plain_response(status: StatusCode, text: &'static str) -> SimResponse {
 fn bytes_response(bytes: Bytes, content_type: &'static str) -> SimResponse {
     let mut response = Response::new(Full::new(bytes));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
-fn json_response(status: StatusCode, body: &Value) -> SimResponse {
-    // Serialising a serde_json::Value cannot fail (all keys are strings).
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 

@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -34,7 +34,10 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use super::support::{self, HandlerResult, ResetConnection, ShutdownSignal, ShutdownTrigger, SimResponse};
+use super::support::{
+    self, HandlerResult, ResetConnection, ShutdownSignal, ShutdownTrigger, SimResponse, advertised_url,
+    basic_credentials, empty_response, has_media_type, json_response,
+};
 
 /// Patient id used in Canvas's documentation examples; the default known patient.
 pub const DEMO_PATIENT_ID: &str = "b8dfa97bdcdf4754bcd8197ca78ef0f0";
@@ -168,9 +171,9 @@ impl CanvasSim {
         let instance = TcpListener::bind(instance_addr).await?;
         let fumage = TcpListener::bind(fumage_addr).await?;
         let s3 = TcpListener::bind(s3_addr).await?;
-        let instance_base = base_url(instance.local_addr()?);
-        let fhir_base = base_url(fumage.local_addr()?);
-        let s3_base = base_url(s3.local_addr()?);
+        let instance_base = advertised_url(instance.local_addr()?);
+        let fhir_base = advertised_url(fumage.local_addr()?);
+        let s3_base = advertised_url(s3.local_addr()?);
 
         let (trigger, signal) = support::shutdown_channel();
         let state = Arc::new(State::new(config, fhir_base, s3_base, signal.clone()));
@@ -193,20 +196,6 @@ impl CanvasSim {
 
         Ok(CanvasSimHandle { inner: Arc::new(HandleInner { state, trigger, instance_base }) })
     }
-}
-
-/// URL base for a bound address. A wildcard bind (CLI `0.0.0.0`) is advertised as loopback, because `Location`
-/// headers and presigned URLs must be dialable.
-fn base_url(addr: SocketAddr) -> String {
-    let ip = if addr.ip().is_unspecified() {
-        match addr.ip() {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-        }
-    } else {
-        addr.ip()
-    };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
 /// Control handle of a running simulator. Cheap to clone; the servers stop when the last clone is dropped.
@@ -1207,43 +1196,6 @@ fn page_link(echo: &[(String, String)], count: usize, offset: usize) -> String {
     serializer.append_pair("_count", &count.to_string());
     serializer.append_pair("_offset", &offset.to_string());
     format!("/Media?{}", serializer.finish())
-}
-
-/// True if the Content-Type's media type (parameters ignored, case-insensitive) is one of `allowed`.
-fn has_media_type(headers: &HeaderMap, allowed: &[&str]) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim())
-        .is_some_and(|media_type| allowed.iter().any(|a| media_type.eq_ignore_ascii_case(a)))
-}
-
-/// Client credentials from an `Authorization: Basic` header, if present and well-formed.
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = BASE64.decode(encoded.trim()).ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    let (id, secret) = decoded.split_once(':')?;
-    Some((id.to_owned(), secret.to_owned()))
-}
-
-fn empty_response(status: StatusCode) -> SimResponse {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = status;
-    response
-}
-
-fn json_response(status: StatusCode, body: &Value) -> SimResponse {
-    // Serialising a serde_json::Value cannot fail (all keys are strings).
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
 }
 
 fn html_response(status: StatusCode, body: &'static str) -> SimResponse {

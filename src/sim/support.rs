@@ -15,12 +15,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use base64::Engine as _;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -201,4 +205,54 @@ impl AsyncWrite for ResettableStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
+}
+
+// Small request/response helpers the simulators share.
+
+/// URL of a bound address. A wildcard bind (CLI `0.0.0.0`) is advertised as loopback, because the links a simulator hands out
+/// (`Location`, page `href`s, presigned URLs) must be dialable.
+pub(crate) fn advertised_url(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        }
+    } else {
+        addr.ip()
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// True if the Content-Type's media type (parameters ignored, case-insensitive) is one of `allowed`.
+pub(crate) fn has_media_type(headers: &HeaderMap, allowed: &[&str]) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim())
+        .is_some_and(|media_type| allowed.iter().any(|a| media_type.eq_ignore_ascii_case(a)))
+}
+/// Client credentials from an `Authorization: Basic` header, if present and well-formed.
+pub(crate) fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    Some((id.to_owned(), secret.to_owned()))
+}
+pub(crate) fn empty_response(status: StatusCode) -> SimResponse {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> SimResponse {
+    // Serialising a serde_json::Value cannot fail (all keys are strings).
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }

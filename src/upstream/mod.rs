@@ -86,10 +86,6 @@ impl UpstreamClient {
         &self.settings
     }
 
-    pub fn token_fetches(&self) -> u64 {
-        self.tokens.fetch_count()
-    }
-
     /// Turns per-key write serialization on or off (tests prove the EHR loses writes without it).
     pub fn set_serialize_writes(&self, on: bool) {
         self.serialize_writes.store(on, Ordering::SeqCst);

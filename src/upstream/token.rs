@@ -40,7 +40,6 @@ pub struct TokenCache {
     transport: Arc<dyn Transport>,
     // Holding this lock while fetching is what makes refresh single-flight: waiters find the new token.
     state: Mutex<TokenState>,
-    fetches: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Deserialize)]
@@ -52,12 +51,7 @@ struct TokenResponse {
 
 impl TokenCache {
     pub fn new(source: TokenSource, transport: Arc<dyn Transport>) -> Self {
-        TokenCache { source, transport, state: Mutex::new(TokenState::Empty), fetches: Default::default() }
-    }
-
-    /// How many token requests this cache has made.
-    pub fn fetch_count(&self) -> u64 {
-        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+        TokenCache { source, transport, state: Mutex::new(TokenState::Empty) }
     }
 
     /// A token valid for at least `refresh_before`, fetching one if needed.
@@ -84,7 +78,6 @@ impl TokenCache {
     }
 
     async fn fetch(&self) -> Result<(Secret, Duration), GatewayError> {
-        self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let s = &self.source;
         let side = || Side::Upstream(s.ehr.clone());
         let mut headers = vec![("content-type".to_string(), "application/x-www-form-urlencoded".to_string())];
