@@ -132,7 +132,7 @@ impl SecretRef {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionConfig {
-    /// `canvas` (others arrive with their connectors).
+    /// `canvas` or `athena` (others arrive with their connectors).
     pub ehr: String,
     /// Start the in-process simulator of this EHR and point the connection at it (sandbox mode).
     #[serde(default)]
@@ -158,6 +158,10 @@ pub struct ConnectionConfig {
     /// Serialize writes per encounter/note (Canvas loses concurrent writes). Only tests turn this off.
     #[serde(default = "default_true")]
     pub serialize_writes: bool,
+    /// Values the mapping's `connection_params` ask for, e.g. athena's `practice = "195900"`
+    /// (a simulator supplies its own).
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
 }
 
 fn default_upstream_timeout_ms() -> u64 {
@@ -225,7 +229,7 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-pub const KNOWN_EHRS: &[&str] = &["canvas"];
+pub const KNOWN_EHRS: &[&str] = &["canvas", "athena"];
 
 impl Config {
     /// Loads `path` and applies `EHRGW_` environment overrides (`EHRGW_SERVER__LISTEN=…`).
@@ -514,6 +518,7 @@ organizations = ["nowhere"]
             max_concurrency: 1,
             max_attempts: 1,
             serialize_writes: true,
+            params: BTreeMap::new(),
         };
         assert!(!format!("{c:?}").contains("hunter2"));
     }

@@ -240,11 +240,16 @@ struct OrgCtx {
     mapping: Arc<Mapping>,
     client: Arc<UpstreamClient>,
     fhir_base: String,
+    request_id: Option<String>,
 }
 
 impl OrgCtx {
     fn context(&self) -> Context {
-        Context { fhir_base: self.fhir_base.clone() }
+        Context {
+            fhir_base: self.fhir_base.clone(),
+            params: self.client.settings().params.clone(),
+            request_id: self.request_id.clone(),
+        }
     }
 }
 
@@ -266,7 +271,8 @@ fn org_ctx(state: &AppState, req: &GatewayRequest, key: &str) -> Result<OrgCtx, 
         .get(&org.connection)
         .cloned()
         .ok_or_else(|| GatewayError::gateway(format!("organization `{}` has no upstream connection", org.slug)))?;
-    Ok(OrgCtx { fhir_base: state.fhir_base(key), org, mapping, client })
+    let request_id = req.extensions().get::<crate::middleware::request_id::RequestId>().map(|r| r.0.clone());
+    Ok(OrgCtx { fhir_base: state.fhir_base(key), org, mapping, client, request_id })
 }
 
 pub fn json_response(status: StatusCode, value: &Value) -> GatewayResponse {
@@ -340,22 +346,71 @@ pub async fn handle(state: Arc<AppState>, req: GatewayRequest) -> Result<Gateway
             let page: Vec<Value> = known.into_iter().take(count).map(|(_, r)| r).collect();
             Ok(json_response(StatusCode::OK, &history_bundle(&o, &page, total)))
         }
-        Route::Update { ref org, .. } => {
+        Route::Update { ref org, ref id } => {
             let o = org_ctx(&state, &req, org)?;
+            let category = category_for(&o, id)?;
             let (_, resource) = read_fhir_body(req).await?;
             validate_resource(&resource)?;
-            Err(engine::not_supported(&o.mapping, "update", None).with_allow(INSTANCE_METHODS))
+            if category.update.is_none() {
+                return Err(engine::not_supported(&o.mapping, "update", Some(category))
+                    .with_allow(&category.instance_methods()));
+            }
+            match resource.get("id").and_then(Value::as_str) {
+                Some(body_id) if body_id == id => {}
+                _ => {
+                    return Err(GatewayError::invalid(format!(
+                        "an update must carry the id of the URL: set `id` to `{id}`"
+                    ))
+                    .with_expression("Media.id"));
+                }
+            }
+            update(&state, &o, category, id, |_| Ok(resource)).await
         }
-        Route::Patch { ref org, .. } => {
+        Route::Patch { ref org, ref id } => {
             let o = org_ctx(&state, &req, org)?;
-            // The document is checked even though no mapping can patch yet, so a malformed patch is
-            // reported as such rather than hidden behind the 405.
-            check_patch_document(req).await?;
-            Err(engine::not_supported(&o.mapping, "patch", None).with_allow(INSTANCE_METHODS))
+            let category = category_for(&o, id)?;
+            // The document is checked first, so a malformed patch is reported as such even where the EHR
+            // cannot update.
+            let patch = check_patch_document(req).await?;
+            if category.update.is_none() {
+                return Err(
+                    engine::not_supported(&o.mapping, "patch", Some(category)).with_allow(&category.instance_methods())
+                );
+            }
+            update(&state, &o, category, id, move |current| {
+                let mut patched = current.clone();
+                json_patch::patch(&mut patched, &patch).map_err(|e| {
+                    GatewayError::client(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        IssueCode::BusinessRule,
+                        format!("the patch does not apply to the current Media: {e}"),
+                    )
+                })?;
+                if patched.get("id") != current.get("id") {
+                    return Err(GatewayError::invalid("a patch may not change the id").with_expression("Media.id"));
+                }
+                Ok(patched)
+            })
+            .await
         }
-        Route::Delete { ref org, .. } => {
+        Route::Delete { ref org, ref id } => {
             let o = org_ctx(&state, &req, org)?;
-            Err(engine::not_supported(&o.mapping, "delete", None).with_allow(INSTANCE_METHODS))
+            let category = category_for(&o, id)?;
+            if category.delete.is_none() {
+                return Err(engine::not_supported(&o.mapping, "delete", Some(category))
+                    .with_allow(&category.instance_methods()));
+            }
+            let mut run = Run::delete(&o.mapping, category, id, o.context())?;
+            match o.client.run(&mut run).await? {
+                Outcome::Done => {}
+                _ => return Err(GatewayError::gateway("delete did not complete")),
+            }
+            state.created.remove(&o.org.id, id);
+            let outcome = json!({
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "information", "code": "informational", "diagnostics": format!("Media/{id} was deleted in {}", o.mapping.display_name)}]
+            });
+            Ok(json_response(StatusCode::OK, &outcome))
         }
         Route::Search { ref org } => {
             let o = org_ctx(&state, &req, org)?;
@@ -376,14 +431,32 @@ pub async fn handle(state: Arc<AppState>, req: GatewayRequest) -> Result<Gateway
         }
         Route::Content { ref org, ref id } => {
             let o = org_ctx(&state, &req, org)?;
-            content(&o, id).await
+            let params = query_params(&req)?;
+            content(&o, id, &params).await
         }
     }
 }
 
-/// What `Media/{id}` allows (the `Allow` header of its 405s). The mapping format has no update, patch
-/// or delete interactions yet, so only reads; this grows with them.
-const INSTANCE_METHODS: &str = "GET";
+/// Reads the current resource, builds the new one from it (`make`), validates it and runs the update.
+async fn update(
+    state: &AppState,
+    o: &OrgCtx,
+    category: &Category,
+    id: &str,
+    make: impl FnOnce(&Value) -> Result<Value, GatewayError>,
+) -> Result<GatewayResponse, GatewayError> {
+    let current = read(o, id).await?;
+    let resource = make(&current)?;
+    validate_resource(&resource)?;
+    let mut run = Run::update(&o.mapping, category, id, resource, &current, o.context())?;
+    let updated = match o.client.run(&mut run).await? {
+        Outcome::Resource(r) => r,
+        Outcome::Written { id, problem } => return Ok(written_but_unread(o, &id, &problem, StatusCode::OK)),
+        _ => return Err(GatewayError::gateway("update did not produce a resource")),
+    };
+    state.created.replace(&o.org.id, &updated);
+    Ok(resource_response(StatusCode::OK, &updated))
+}
 
 fn admin_json(status: StatusCode, value: &Value) -> GatewayResponse {
     let mut r = json_response(status, value);
@@ -477,11 +550,20 @@ async fn create(state: &AppState, o: &OrgCtx, req: GatewayRequest) -> Result<Gat
             GatewayError::invalid("a create must not carry an id; the gateway assigns it").with_expression("Media.id")
         );
     }
-    let category = choose_category(&o.mapping, requested.as_deref())?;
+    let from_extension = category_extension(&o.mapping, &resource)?;
+    if let (Some(q), Some(e)) = (&requested, &from_extension)
+        && q != e
+    {
+        return Err(GatewayError::invalid(format!(
+            "the `category` parameter (`{q}`) and the category extension (`{e}`) disagree; give one"
+        ))
+        .with_expression("category"));
+    }
+    let category = choose_category(&o.mapping, requested.or(from_extension).as_deref())?;
     let mut run = Run::create(&o.mapping, category, resource, o.context())?;
     let created = match o.client.run(&mut run).await? {
         Outcome::Resource(r) => r,
-        Outcome::Written { id, problem } => return Ok(written_but_unread(o, &id, &problem)),
+        Outcome::Written { id, problem } => return Ok(written_but_unread(o, &id, &problem, StatusCode::CREATED)),
         _ => return Err(GatewayError::gateway("create did not produce a resource")),
     };
     state.created.record(&o.org.id, created.clone());
@@ -494,22 +576,41 @@ async fn create(state: &AppState, o: &OrgCtx, req: GatewayRequest) -> Result<Gat
     Ok(response)
 }
 
-/// 201 for a create the EHR accepted but the gateway could not read back: the Location is real, and an
-/// OperationOutcome warning says what failed, so the client does not send the create again.
-fn written_but_unread(o: &OrgCtx, id: &str, problem: &GatewayError) -> GatewayResponse {
+/// The category a Media names in the mapping's category extension (`valueCode` or `valueString`).
+fn category_extension(mapping: &Mapping, resource: &Value) -> Result<Option<String>, GatewayError> {
+    let Some(url) = &mapping.category_extension else { return Ok(None) };
+    let values: Vec<&str> = resource
+        .get("extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.get("url").and_then(Value::as_str) == Some(url))
+        .filter_map(|e| e.get("valueCode").or_else(|| e.get("valueString")).and_then(Value::as_str))
+        .collect();
+    match values.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some((*one).to_string())),
+        _ => Err(GatewayError::invalid(format!("give the category extension `{url}` once"))
+            .with_expression("Media.extension")),
+    }
+}
+
+/// 201 (or 200) for a write the EHR accepted but the gateway could not read back: the Location is real,
+/// and an OperationOutcome warning says what failed, so the client does not send the write again.
+fn written_but_unread(o: &OrgCtx, id: &str, problem: &GatewayError, status: StatusCode) -> GatewayResponse {
     let outcome = json!({
         "resourceType": "OperationOutcome",
         "issue": [{
             "severity": "warning",
             "code": problem.code().as_str(),
             "diagnostics": format!(
-                "{} created Media/{id}, but reading it back failed: {}. Do not send the create again; read it later.",
+                "{} stored Media/{id}, but reading it back failed: {}. Do not send the write again; read it later.",
                 o.mapping.display_name,
                 problem.message()
             ),
         }]
     });
-    let mut response = json_response(StatusCode::CREATED, &outcome);
+    let mut response = json_response(status, &outcome);
     if let Ok(location) = HeaderValue::from_str(&format!("{}/Media/{id}", o.fhir_base)) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -556,25 +657,38 @@ fn single(params: &[(String, String)], name: &str) -> Result<Option<String>, Gat
     Ok(first)
 }
 
+/// Search parameters whose repeats make a range (AND of bounds) rather than an unsupported AND.
+const RANGE_PARAMS: &[&str] = &["created"];
+
 async fn search(o: &OrgCtx, params: Vec<(String, String)>) -> Result<GatewayResponse, GatewayError> {
     let category_name = single(&params, "category")?;
     let page = single(&params, "_page")?;
     let count = single(&params, "_count")?;
+    // Parameters a mapping adds for its EHR (athena's `departmentId`) are accepted besides FHIR's own.
+    let extra: Vec<&str> = o
+        .mapping
+        .categories
+        .values()
+        .flat_map(|c| c.search.iter().flat_map(|s| s.params.keys().map(String::as_str)))
+        .filter(|p| !SEARCH_PARAMS.contains(p))
+        .collect();
     let mut search_params = Vec::new();
     for (name, value) in &params {
         if matches!(name.as_str(), "category" | "_page" | "_count" | "_format") {
             continue;
         }
         let base = name.split(':').next().unwrap_or(name);
-        if !SEARCH_PARAMS.contains(&base) {
+        if !SEARCH_PARAMS.contains(&base) && !extra.contains(&base) {
+            let mut known: Vec<&str> = SEARCH_PARAMS.iter().copied().chain(extra.iter().copied()).collect();
+            known.push("_count");
             return Err(GatewayError::invalid(format!(
-                "`{}` is not a Media search parameter; use {}, _count",
+                "`{}` is not a Media search parameter; use {}",
                 name.chars().take(64).collect::<String>(),
-                SEARCH_PARAMS.join(", ")
+                known.join(", ")
             ))
             .with_expression(name.chars().take(64).collect::<String>()));
         }
-        if search_params.iter().any(|(k, _): &(String, String)| k == name) {
+        if search_params.iter().any(|(k, _): &(String, String)| k == name) && !RANGE_PARAMS.contains(&name.as_str()) {
             return Err(GatewayError::client(
                 StatusCode::BAD_REQUEST,
                 IssueCode::NotSupported,
@@ -589,22 +703,38 @@ async fn search(o: &OrgCtx, params: Vec<(String, String)>) -> Result<GatewayResp
         }
         search_params.push((name.clone(), value.clone()));
     }
-    let (category, mut run) = match page {
+    let (category, mut run, own_params) = match page {
         Some(token) => {
             if !search_params.is_empty() || count.is_some() {
                 return Err(GatewayError::invalid(
                     "`_page` continues an earlier search; send it without other parameters",
                 ));
             }
-            let (cname, link) = engine::decode_page_token(&token).ok_or_else(|| {
+            let invalid = || {
                 GatewayError::invalid("the `_page` token is not valid; start the search again").with_expression("_page")
-            })?;
-            let category = choose_category(&o.mapping, Some(&cname))?;
-            (category, Run::search_page(&o.mapping, category, &link, o.context())?)
+            };
+            match engine::decode_page_token(&token).ok_or_else(invalid)? {
+                engine::PageToken::Link { category, link } => {
+                    let category = choose_category(&o.mapping, Some(&category)).map_err(|_| invalid())?;
+                    (category, Run::search_page(&o.mapping, category, &link, o.context())?, vec![])
+                }
+                engine::PageToken::Offset { category, params, offset } => {
+                    let category = choose_category(&o.mapping, Some(&category)).map_err(|_| invalid())?;
+                    let count = params.iter().find(|(k, _)| k == "_count").map(|(_, v)| v.clone());
+                    let fhir: Vec<(String, String)> = params.iter().filter(|(k, _)| k != "_count").cloned().collect();
+                    let run = Run::search(&o.mapping, category, &fhir, count.as_deref(), Some(offset), o.context())?;
+                    (category, run, params)
+                }
+            }
         }
         None => {
             let category = choose_category(&o.mapping, category_name.as_deref())?;
-            (category, Run::search(&o.mapping, category, &search_params, count.as_deref(), o.context())?)
+            let run = Run::search(&o.mapping, category, &search_params, count.as_deref(), None, o.context())?;
+            let mut own = search_params.clone();
+            if let Some(c) = &count {
+                own.push(("_count".into(), c.clone()));
+            }
+            (category, run, own)
         }
     };
     let outcome = o.client.run(&mut run).await?;
@@ -614,8 +744,16 @@ async fn search(o: &OrgCtx, params: Vec<(String, String)>) -> Result<GatewayResp
     let mut links =
         vec![json!({"relation": "self", "url": format!("{}/Media?{}", o.fhir_base, encode_query(&params))})];
     if let Some(next) = next {
-        let next = relative_link(&next, &o.client.settings().base_url);
-        let token = engine::encode_page_token(&category.name, &next);
+        let token = match next {
+            engine::NextPage::Link(link) => engine::PageToken::Link {
+                category: category.name.clone(),
+                link: relative_link(&link, &o.client.settings().base_url),
+            },
+            engine::NextPage::Offset(offset) => {
+                engine::PageToken::Offset { category: category.name.clone(), params: own_params, offset }
+            }
+        };
+        let token = engine::encode_page_token(&token);
         links.push(json!({"relation": "next", "url": format!("{}/Media?_page={token}", o.fhir_base)}));
     }
     let entries: Vec<Value> = entries
@@ -740,9 +878,9 @@ fn history_bundle(o: &OrgCtx, resources: &[Value], total: usize) -> Value {
     bundle
 }
 
-async fn content(o: &OrgCtx, id: &str) -> Result<GatewayResponse, GatewayError> {
+async fn content(o: &OrgCtx, id: &str, params: &[(String, String)]) -> Result<GatewayResponse, GatewayError> {
     let category = category_for(o, id)?;
-    let run = Run::content(&o.mapping, category, id, o.context())?;
+    let run = Run::content(&o.mapping, category, id, params, o.context())?;
     let upstream = o.client.stream(&run).await?;
     if upstream.status != 200 {
         // Error bodies are small; read a bounded prefix to translate them.
@@ -783,6 +921,12 @@ fn capability_statement(o: &OrgCtx, state: &AppState) -> Value {
         // vread and instance history answer from the current version.
         interactions.extend(["read", "vread", "history-instance"]);
     }
+    if supports(&|c| c.update.is_some()) {
+        interactions.extend(["update", "patch"]);
+    }
+    if supports(&|c| c.delete.is_some()) {
+        interactions.push("delete");
+    }
     if supports(&|c| c.search.is_some()) {
         interactions.push("search-type");
     }
@@ -797,6 +941,7 @@ fn capability_statement(o: &OrgCtx, state: &AppState) -> Value {
             let kind = match *p {
                 "_id" | "_language" | "status" | "identifier" | "modality" | "site" | "type" | "view" => "token",
                 "created" => "date",
+                p if !SEARCH_PARAMS.contains(&p) => "string",
                 _ => "reference",
             };
             json!({"name": p, "type": kind})

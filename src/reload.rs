@@ -27,13 +27,21 @@ pub fn fit_problems(config: &Config, set: &MappingSet) -> Vec<String> {
                 set.dir.display()
             )),
             Some(m) => {
-                if let Some(c) = config.connections.get(&org.connection)
-                    && c.ehr != m.ehr
-                {
-                    problems.push(format!(
-                        "organizations[{i}]: connection `{}` is {} but mapping `{}` is for {}",
-                        org.connection, c.ehr, org.mapping, m.ehr
-                    ));
+                if let Some(c) = config.connections.get(&org.connection) {
+                    if c.ehr != m.ehr {
+                        problems.push(format!(
+                            "organizations[{i}]: connection `{}` is {} but mapping `{}` is for {}",
+                            org.connection, c.ehr, org.mapping, m.ehr
+                        ));
+                    }
+                    for param in &m.connection_params {
+                        if !c.simulator && !c.params.contains_key(param) {
+                            problems.push(format!(
+                                "connections.{}.params.{param}: mapping `{}` needs it (e.g. the practice id)",
+                                org.connection, org.mapping
+                            ));
+                        }
+                    }
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Builds the gateway from a validated config — simulators for sandbox connections, upstream clients,
 //! the mapping set, the tower stack — and serves it over HTTP/1.1 with hyper.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +30,7 @@ use crate::middleware::{GatewayRequest, GatewayResponse};
 use crate::reload::Reloader;
 use crate::replay::record::{Recorder, RecordingTransport};
 use crate::replay::redact::Redactor;
+use crate::sim::athena::{AthenaSim, AthenaSimConfig, AthenaSimHandle};
 use crate::sim::canvas::{CanvasSim, CanvasSimConfig, CanvasSimHandle};
 use crate::state::{AppState, CreatedLog, Directory};
 use crate::upstream::token::{TokenCache, TokenSource};
@@ -42,6 +43,15 @@ pub type GatewayService = BoxCloneService<GatewayRequest, GatewayResponse, Infal
 #[derive(Clone)]
 pub enum Simulator {
     Canvas(CanvasSimHandle),
+    Athena(AthenaSimHandle),
+}
+
+/// The connection params a sandbox simulator stands for (its demo practice, …).
+fn simulator_params(ehr: &str) -> BTreeMap<String, String> {
+    match ehr {
+        "athena" => [("practice".to_string(), crate::sim::athena::DEMO_PRACTICE_ID.to_string())].into(),
+        _ => BTreeMap::new(),
+    }
 }
 
 /// A running gateway.
@@ -59,6 +69,14 @@ impl Running {
     pub fn canvas_sim(&self, connection: &str) -> Option<&CanvasSimHandle> {
         match self.simulators.get(connection)? {
             Simulator::Canvas(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    pub fn athena_sim(&self, connection: &str) -> Option<&AthenaSimHandle> {
+        match self.simulators.get(connection)? {
+            Simulator::Athena(h) => Some(h),
+            _ => None,
         }
     }
 
@@ -68,6 +86,7 @@ impl Running {
         for sim in self.simulators.values() {
             match sim {
                 Simulator::Canvas(h) => h.shutdown(),
+                Simulator::Athena(h) => h.shutdown(),
             }
         }
     }
@@ -152,6 +171,17 @@ pub async fn build_state_with(
                     simulators.insert(name.clone(), Simulator::Canvas(handle));
                     (urls.0, urls.1, id, Secret::new(secret))
                 }
+                "athena" => {
+                    let sim_config = AthenaSimConfig::default();
+                    let (id, secret) = (sim_config.client_id.clone(), sim_config.client_secret.clone());
+                    let handle = AthenaSim::start(sim_config)
+                        .await
+                        .map_err(|e| format!("cannot start the athenahealth simulator: {e}"))?;
+                    tracing::info!(connection = %name, base_url = %handle.base_url(), "started athenahealth simulator");
+                    let urls = (handle.base_url(), handle.token_url());
+                    simulators.insert(name.clone(), Simulator::Athena(handle));
+                    (urls.0, urls.1, id, Secret::new(secret))
+                }
                 other => return Err(format!("no simulator for EHR `{other}`")),
             }
         } else {
@@ -194,6 +224,13 @@ pub async fn build_state_with(
             max_concurrency: conn.max_concurrency,
             max_attempts: conn.max_attempts,
             serialize_writes: conn.serialize_writes,
+            params: {
+                let mut params = conn.params.clone();
+                if conn.simulator {
+                    params.extend(simulator_params(&conn.ehr));
+                }
+                params
+            },
         };
         clients.insert(name.clone(), Arc::new(UpstreamClient::new(settings, api_transport, tokens)));
     }

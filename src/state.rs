@@ -90,6 +90,19 @@ impl CreatedLog {
         list.push_back((SystemTime::now(), resource));
     }
 
+    /// A Media written again through the gateway: its entry moves to now with the new content.
+    pub fn replace(&self, org_id: &str, resource: &Value) {
+        self.remove(org_id, resource.get("id").and_then(Value::as_str).unwrap_or_default());
+        self.record(org_id, resource.clone());
+    }
+
+    pub fn remove(&self, org_id: &str, id: &str) {
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = map.get_mut(org_id) {
+            list.retain(|(_, r)| r.get("id").and_then(Value::as_str) != Some(id));
+        }
+    }
+
     /// Newest first, created at or after `since`.
     pub fn list(&self, org_id: &str, since: Option<SystemTime>) -> Vec<(SystemTime, Value)> {
         let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());

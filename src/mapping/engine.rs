@@ -25,6 +25,8 @@ pub struct UpstreamRequest {
     pub headers: Vec<(String, String)>,
     pub body: Option<Bytes>,
     pub content_type: Option<&'static str>,
+    /// Sending it twice has the effect of sending it once (the mapping's step says so).
+    pub idempotent: bool,
 }
 
 impl std::fmt::Debug for UpstreamRequest {
@@ -39,9 +41,9 @@ impl std::fmt::Debug for UpstreamRequest {
 }
 
 impl UpstreamRequest {
-    /// Safe to send again: the EHR cannot have changed anything because of it.
+    /// Safe to send again: the EHR ends up in the same state however often it arrives.
     pub fn is_idempotent(&self) -> bool {
-        matches!(self.method, Method::GET | Method::HEAD)
+        self.idempotent
     }
 }
 
@@ -52,11 +54,33 @@ pub struct UpstreamResponse {
     pub body: Bytes,
 }
 
-/// What the gateway needs to build client-facing values.
-#[derive(Debug, Clone)]
+/// What the gateway needs to build client-facing values and upstream requests.
+#[derive(Debug, Clone, Default)]
 pub struct Context {
     /// The organization's FHIR base as clients see it, e.g. `http://127.0.0.1:8080/organizations/demo-canvas/fhir/4`.
     pub fhir_base: String,
+    /// The connection's `params` (the mapping's `connection_params`), e.g. athena's `practice`.
+    pub params: BTreeMap<String, String>,
+    /// The gateway request id, sent upstream when the mapping names a `request_id_header`.
+    pub request_id: Option<String>,
+}
+
+/// Where the next page of a search starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextPage {
+    /// An upstream `next` link (relative to the base URL).
+    Link(String),
+    /// The `_offset` of the next page (gateway paging).
+    Offset(u64),
+}
+
+impl std::fmt::Display for NextPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NextPage::Link(l) => f.write_str(l),
+            NextPage::Offset(o) => write!(f, "_offset={o}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -71,10 +95,20 @@ pub enum Outcome {
     Page {
         entries: Vec<Value>,
         total: Option<u64>,
-        next: Option<String>,
+        next: Option<NextPage>,
     },
     /// The content step succeeded; the caller streams its body.
     Bytes,
+    /// A step with `result = "none"` succeeded (a delete).
+    Done,
+}
+
+/// A search page whose entries each still need their `each` request.
+struct Pending {
+    raw: Vec<Value>,
+    kept: Vec<Value>,
+    index: usize,
+    next: Option<NextPage>,
 }
 
 /// An interaction in progress.
@@ -90,6 +124,9 @@ pub struct Run<'m> {
     next_link: Option<(String, Vec<(String, String)>)>,
     /// A non-idempotent step has succeeded: the EHR changed.
     wrote: bool,
+    pending: Option<Pending>,
+    /// What the last answered step bound (for the client's cache).
+    last_bound: BTreeMap<String, Value>,
 }
 
 fn mapping_error(mapping: &Mapping, message: String) -> GatewayError {
@@ -102,16 +139,60 @@ fn mapping_error(mapping: &Mapping, message: String) -> GatewayError {
     )
 }
 
+/// A condition value counts as true unless it is missing, `false`, `"false"`, empty text or an empty list.
+pub fn truthy(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::String(s)) => !(s.is_empty() || s.eq_ignore_ascii_case("false")),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(_) => true,
+    }
+}
+
 impl<'m> Run<'m> {
     fn new(
         mapping: &'m Mapping,
         category: &'m Category,
         steps: &'m [Step],
-        vars: BTreeMap<String, Value>,
+        mut vars: BTreeMap<String, Value>,
         input: Value,
         ctx: Context,
-    ) -> Self {
-        Run { mapping, category, steps, index: 0, vars, input, ctx, next_link: None, wrote: false }
+    ) -> Result<Self, GatewayError> {
+        for (k, v) in &ctx.params {
+            vars.entry(k.clone()).or_insert_with(|| Value::String(v.clone()));
+        }
+        let mut run = Run {
+            mapping,
+            category,
+            steps,
+            index: 0,
+            vars,
+            input,
+            ctx,
+            next_link: None,
+            wrote: false,
+            pending: None,
+            last_bound: BTreeMap::new(),
+        };
+        run.skip_inactive()?;
+        Ok(run)
+    }
+
+    /// Variables bound from the inbound resource by the interaction's `bind`.
+    fn bind_input(&mut self, interaction: &Interaction) -> Result<(), GatewayError> {
+        let mut bound = Vec::new();
+        {
+            let scope = self.scope(&self.input, None);
+            for (name, expr) in &interaction.bind {
+                match expr.eval(&scope) {
+                    Ok(Some(v)) => bound.push((name.clone(), v)),
+                    Ok(None) => {}
+                    Err(e) => return Err(GatewayError::invalid(format!("{e}"))),
+                }
+            }
+        }
+        self.vars.extend(bound);
+        self.skip_inactive()
     }
 
     /// A create: runs the category's checks on `resource` and prepares the steps.
@@ -123,10 +204,12 @@ impl<'m> Run<'m> {
     ) -> Result<Self, GatewayError> {
         let interaction = category.create.as_ref().ok_or_else(|| not_supported(mapping, "create", Some(category)))?;
         run_checks(mapping, interaction, &resource, category)?;
-        Ok(Run::new(mapping, category, &interaction.steps, BTreeMap::new(), resource, ctx))
+        let mut run = Run::new(mapping, category, &interaction.steps, BTreeMap::new(), resource, ctx)?;
+        run.bind_input(interaction)?;
+        Ok(run)
     }
 
-    /// A read (or the content fetch) of the object named by the id's variables.
+    /// A read of the object named by the id's variables.
     pub fn read(
         mapping: &'m Mapping,
         category: &'m Category,
@@ -134,14 +217,66 @@ impl<'m> Run<'m> {
         ctx: Context,
     ) -> Result<Self, GatewayError> {
         let interaction = category.read.as_ref().ok_or_else(|| not_supported(mapping, "read", Some(category)))?;
-        Ok(Run::new(mapping, category, &interaction.steps, id_vars(category, gateway_id)?, Value::Null, ctx))
+        let vars = id_vars(category, gateway_id, &ctx)?;
+        Run::new(mapping, category, &interaction.steps, vars, Value::Null, ctx)
     }
 
-    /// The fetch of the bytes behind a Media's `content.url`.
+    /// An update of `gateway_id` to `resource`; `current` is the resource as it is now, against which
+    /// the mapping's unchangeable elements are compared.
+    pub fn update(
+        mapping: &'m Mapping,
+        category: &'m Category,
+        gateway_id: &str,
+        resource: Value,
+        current: &Value,
+        ctx: Context,
+    ) -> Result<Self, GatewayError> {
+        let interaction = category.update.as_ref().ok_or_else(|| not_supported(mapping, "update", Some(category)))?;
+        let vars = id_vars(category, gateway_id, &ctx)?;
+        let mut problems: Vec<Issue> = Vec::new();
+        let empty = BTreeMap::new();
+        let env = env(mapping, Some(category));
+        let new_scope = Scope { document: &resource, vars: &empty, headers: None, transforms: env };
+        let old_scope = Scope { document: current, vars: &empty, headers: None, transforms: env };
+        for rule in &interaction.unchangeable {
+            let new = rule.path.eval(&new_scope).ok().flatten();
+            let old = rule.path.eval(&old_scope).ok().flatten();
+            // An element left out is left as it is; one given must equal the current value.
+            if new.is_some() && new != old {
+                problems.push(Issue {
+                    code: IssueCode::BusinessRule,
+                    message: rule.message.clone(),
+                    expression: vec![rule.expression.clone()],
+                });
+            }
+        }
+        if !problems.is_empty() {
+            return Err(GatewayError::client_issues(StatusCode::UNPROCESSABLE_ENTITY, problems));
+        }
+        run_checks(mapping, interaction, &resource, category)?;
+        let mut run = Run::new(mapping, category, &interaction.steps, vars, resource, ctx)?;
+        run.bind_input(interaction)?;
+        Ok(run)
+    }
+
+    /// A delete of the object named by the id's variables.
+    pub fn delete(
+        mapping: &'m Mapping,
+        category: &'m Category,
+        gateway_id: &str,
+        ctx: Context,
+    ) -> Result<Self, GatewayError> {
+        let interaction = category.delete.as_ref().ok_or_else(|| not_supported(mapping, "delete", Some(category)))?;
+        let vars = id_vars(category, gateway_id, &ctx)?;
+        Run::new(mapping, category, &interaction.steps, vars, Value::Null, ctx)
+    }
+
+    /// The fetch of the bytes behind a Media's `content.url`; `params` are that URL's query parameters.
     pub fn content(
         mapping: &'m Mapping,
         category: &'m Category,
         gateway_id: &str,
+        params: &[(String, String)],
         ctx: Context,
     ) -> Result<Self, GatewayError> {
         let interaction = category.content.as_ref().ok_or_else(|| {
@@ -150,15 +285,33 @@ impl<'m> Run<'m> {
                 mapping.display_name, category.name
             ))
         })?;
-        Ok(Run::new(mapping, category, &interaction.steps, id_vars(category, gateway_id)?, Value::Null, ctx))
+        let mut vars = id_vars(category, gateway_id, &ctx)?;
+        let mut input = serde_json::Map::new();
+        for (k, v) in params {
+            if !interaction.params.contains(k) {
+                let known =
+                    if interaction.params.is_empty() { "none".to_string() } else { interaction.params.join(", ") };
+                return Err(GatewayError::invalid(format!(
+                    "`{k}` is not a parameter of this content URL; known: {known}"
+                ))
+                .with_expression(k.clone()));
+            }
+            input.insert(k.clone(), Value::String(v.clone()));
+            vars.insert(k.clone(), Value::String(v.clone()));
+        }
+        let input = Value::Object(input);
+        run_checks(mapping, interaction, &input, category)?;
+        Run::new(mapping, category, &interaction.steps, vars, input, ctx)
     }
 
-    /// A search with the given FHIR parameters and the raw `_count` (default and cap from the mapping).
+    /// A search with the given FHIR parameters, the raw `_count` (default and cap from the mapping) and,
+    /// for gateway paging, the offset of the page.
     pub fn search(
         mapping: &'m Mapping,
         category: &'m Category,
         params: &[(String, String)],
         count: Option<&str>,
+        offset: Option<u64>,
         ctx: Context,
     ) -> Result<Self, GatewayError> {
         let search = category.search.as_ref().ok_or_else(|| not_supported(mapping, "search", Some(category)))?;
@@ -177,9 +330,22 @@ impl<'m> Run<'m> {
         }
         let mut vars = BTreeMap::new();
         vars.insert("_count".to_string(), Value::from(count));
-        let raw: BTreeMap<String, Value> = params.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        if search.paging == super::Paging::Offset {
+            vars.insert("_offset".to_string(), Value::from(offset.unwrap_or(0)));
+        }
+        // A parameter given more than once (a date range) is a list.
+        let mut raw: BTreeMap<String, Value> = BTreeMap::new();
+        for (k, v) in params {
+            match raw.get_mut(k) {
+                None => {
+                    raw.insert(k.clone(), Value::String(v.clone()));
+                }
+                Some(Value::Array(list)) => list.push(Value::String(v.clone())),
+                Some(first) => *first = Value::Array(vec![first.clone(), Value::String(v.clone())]),
+            }
+        }
         let mut issues = Vec::new();
-        for (name, value) in params {
+        for name in raw.keys() {
             let Some(expr) = search.params.get(name) else {
                 return Err(unsupported_param(mapping, category, name));
             };
@@ -193,10 +359,9 @@ impl<'m> Run<'m> {
                 Err(e) => issues.push(Issue {
                     code: IssueCode::Invalid,
                     message: format!("search parameter `{name}`: {e}"),
-                    expression: vec![],
+                    expression: vec![name.clone()],
                 }),
             }
-            let _ = value;
         }
         if !issues.is_empty() {
             return Err(GatewayError::client_issues(StatusCode::BAD_REQUEST, issues));
@@ -206,13 +371,20 @@ impl<'m> Run<'m> {
                 StatusCode::BAD_REQUEST,
                 IssueCode::Required,
                 format!(
-                    "{} search needs one of these parameters: {}",
+                    "{} {} search needs one of these parameters: {}",
                     mapping.display_name,
+                    category.name,
                     search.require_one_of.join(", ")
                 ),
-            ));
+            )
+            .with_expression(search.require_one_of[0].clone()));
         }
-        Ok(Run::new(mapping, category, &search.steps, vars, Value::Null, ctx))
+        let run = Run::new(mapping, category, &search.steps, vars, Value::Null, ctx)?;
+        // Render every request now so a bad parameter value is reported before any upstream call.
+        for step in &search.steps {
+            run.render(step)?;
+        }
+        Ok(run)
     }
 
     /// Continues a search at an upstream `next` link (relative), checked to stay on the search's own path.
@@ -227,6 +399,9 @@ impl<'m> Run<'m> {
             GatewayError::invalid("the `_page` token is not valid for this search; start the search again")
                 .with_expression("_page")
         };
+        if search.paging != super::Paging::Link {
+            return Err(bad());
+        }
         let step = search.steps.last().ok_or_else(bad)?;
         let (path, query) = link.split_once('?').unwrap_or((link, ""));
         let expected = step.path.render(&Scope {
@@ -254,7 +429,7 @@ impl<'m> Run<'m> {
             }
         }
         let mut run =
-            Run::new(mapping, category, &search.steps[search.steps.len() - 1..], BTreeMap::new(), Value::Null, ctx);
+            Run::new(mapping, category, &search.steps[search.steps.len() - 1..], BTreeMap::new(), Value::Null, ctx)?;
         run.next_link = Some((path.to_string(), query));
         Ok(run)
     }
@@ -262,6 +437,9 @@ impl<'m> Run<'m> {
     /// The key writes must be serialized by (first expression with a value), if any.
     pub fn serialize_key(&self) -> Option<String> {
         let interaction: &Interaction = self.category.create.as_ref()?;
+        if !std::ptr::eq(self.steps, interaction.steps.as_slice()) {
+            return None;
+        }
         let scope = self.scope(&self.input, None);
         interaction.serialize_writes_by.iter().find_map(|e| match e.eval(&scope).ok()?? {
             Value::String(s) => Some(s),
@@ -287,23 +465,98 @@ impl<'m> Run<'m> {
         Scope { document, vars: &self.vars, headers, transforms: env(self.mapping, Some(self.category)) }
     }
 
+    /// Moves past steps whose `when`/`unless` say they do not apply.
+    fn skip_inactive(&mut self) -> Result<(), GatewayError> {
+        while let Some(step) = self.steps.get(self.index) {
+            let scope = self.scope(&self.input, None);
+            let check = |e: &Option<super::template::Expression>| -> Result<Option<bool>, GatewayError> {
+                match e {
+                    None => Ok(None),
+                    Some(e) => Ok(Some(truthy(e.eval(&scope).map_err(GatewayError::invalid)?.as_ref()))),
+                }
+            };
+            let active = check(&step.when)?.unwrap_or(true) && !check(&step.unless)?.unwrap_or(false);
+            if active {
+                break;
+            }
+            self.index += 1;
+        }
+        if self.is_done() && self.pending.is_none() {
+            return Err(mapping_error(
+                self.mapping,
+                format!("no step of {} applies to this request", self.category.name),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The cache key and lifetime of the current step's bound values, if the mapping caches them.
+    pub fn cache_key(&self) -> Option<(String, std::time::Duration)> {
+        if self.pending.is_some() || self.next_link.is_some() {
+            return None;
+        }
+        let step = self.steps.get(self.index)?;
+        let (key, ttl) = step.cache.as_ref()?;
+        let key = key.render(&self.scope(&self.input, None)).ok()??;
+        Some((format!("{}:{}", self.category.name, key), *ttl))
+    }
+
+    /// What the last answered step bound (for the client to cache under `cache_key`).
+    pub fn last_bound(&self) -> &BTreeMap<String, Value> {
+        &self.last_bound
+    }
+
+    /// Completes the current (cached) step with values remembered from an earlier answer.
+    pub fn use_cached(&mut self, bound: &BTreeMap<String, Value>) -> Result<(), GatewayError> {
+        self.vars.extend(bound.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.index += 1;
+        self.skip_inactive()
+    }
+
     /// The request for the current step.
     pub fn next_request(&self) -> Result<UpstreamRequest, GatewayError> {
+        if let Some(pending) = &self.pending {
+            let each = self.each().ok_or_else(|| GatewayError::gateway("search has no `each` step"))?;
+            let raw = pending.raw.get(pending.index).ok_or_else(|| GatewayError::gateway("no entry left"))?;
+            let vars = self.entry_vars(raw)?;
+            let scope = Scope {
+                document: &Value::Null,
+                vars: &vars,
+                headers: None,
+                transforms: self.scope(raw, None).transforms,
+            };
+            return self.render_with(&each.step, &scope);
+        }
         let step = self.steps.get(self.index).ok_or_else(|| GatewayError::gateway("mapping run has no step left"))?;
         if let Some((path, query)) = &self.next_link {
             return Ok(UpstreamRequest {
                 method: step.method.clone(),
                 path: path.clone(),
                 query: query.clone(),
-                headers: vec![],
+                headers: self.request_id_header(),
                 body: None,
                 content_type: None,
+                idempotent: step.idempotent,
             });
         }
-        let scope = self.scope(&self.input, None);
+        self.render(step)
+    }
+
+    fn request_id_header(&self) -> Vec<(String, String)> {
+        match (&self.mapping.request_id_header, &self.ctx.request_id) {
+            (Some(name), Some(id)) => vec![(name.clone(), id.clone())],
+            _ => vec![],
+        }
+    }
+
+    fn render(&self, step: &Step) -> Result<UpstreamRequest, GatewayError> {
+        self.render_with(step, &self.scope(&self.input, None))
+    }
+
+    fn render_with(&self, step: &Step, scope: &Scope) -> Result<UpstreamRequest, GatewayError> {
         // Values that fail to render come from the caller's input (ids, parameters).
         let client_err = |e: String| GatewayError::invalid(e);
-        let path = step.path.render(&scope).map_err(client_err)?.ok_or_else(|| {
+        let path = step.path.render(scope).map_err(client_err)?.ok_or_else(|| {
             mapping_error(
                 self.mapping,
                 format!("the upstream path of {} needs a value the request does not have", self.category.name),
@@ -311,20 +564,20 @@ impl<'m> Run<'m> {
         })?;
         let mut query = Vec::new();
         for (k, t) in &step.query {
-            if let Some(v) = t.render(&scope).map_err(client_err)? {
+            if let Some(v) = t.render(scope).map_err(client_err)? {
                 query.push((k.clone(), v));
             }
         }
-        let mut headers = Vec::new();
+        let mut headers = self.request_id_header();
         for (k, t) in &step.headers {
-            if let Some(v) = t.render(&scope).map_err(client_err)? {
+            if let Some(v) = t.render(scope).map_err(client_err)? {
                 headers.push((k.clone(), v));
             }
         }
         let (body, content_type) = match &step.body {
             None => (None, None),
             Some(t) => {
-                let value = t.render(&scope).map_err(client_err)?.unwrap_or(Value::Object(Default::default()));
+                let value = t.render(scope).map_err(client_err)?.unwrap_or(Value::Object(Default::default()));
                 match step.encoding {
                     Encoding::Json => {
                         (Some(Bytes::from(serde_json::to_vec(&value).unwrap_or_default())), Some("application/json"))
@@ -345,44 +598,96 @@ impl<'m> Run<'m> {
                 }
             }
         };
-        Ok(UpstreamRequest { method: step.method.clone(), path, query, headers, body, content_type })
+        Ok(UpstreamRequest {
+            method: step.method.clone(),
+            path,
+            query,
+            headers,
+            body,
+            content_type,
+            idempotent: step.idempotent,
+        })
+    }
+
+    fn each(&self) -> Option<&'m super::Each> {
+        self.category.search.as_ref()?.each.as_ref()
+    }
+
+    /// The run's variables plus what the category binds from one upstream entry (and its gateway id).
+    fn entry_vars(&self, raw: &Value) -> Result<BTreeMap<String, Value>, GatewayError> {
+        let mut vars = self.vars.clone();
+        let bound = bind_object(self.mapping, self.category, raw, &self.vars)?;
+        vars.extend(bound);
+        Ok(vars)
+    }
+
+    /// Parses an answer body as JSON (empty and byte bodies are `null`).
+    fn document(&self, step: Option<&Step>, response: &UpstreamResponse) -> Result<Value, GatewayError> {
+        if step.is_some_and(|s| s.result == Some(StepResult::Bytes))
+            || response.body.iter().all(u8::is_ascii_whitespace)
+        {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&response.body).map_err(|_| {
+            mapping_error(self.mapping, format!("{} answered with a body that is not JSON", self.mapping.display_name))
+        })
+    }
+
+    /// Checks an answer's status and success predicate; `Err` is the translated failure.
+    fn accept(&self, step: &Step, response: &UpstreamResponse, document: &Value) -> Result<(), GatewayError> {
+        let failed = !step.expect.contains(&response.status)
+            || step.success.as_ref().is_some_and(|s| {
+                !truthy(s.eval(&self.scope(document, Some(&response.headers))).ok().flatten().as_ref())
+            });
+        if !failed {
+            return Ok(());
+        }
+        let mut error = translate_error(self.mapping, response, &self.vars);
+        if !step.idempotent && response.status >= 500 {
+            // The EHR may have acted before failing: resending could write twice.
+            error.retryable = false;
+            if let Some(issue) = error.issues.first_mut() {
+                issue.message.push_str("; the write may or may not have happened, so search before sending it again");
+            }
+        }
+        Err(error)
     }
 
     /// Feeds the current step's response. `Ok(None)`: send the next request.
     pub fn on_response(&mut self, response: &UpstreamResponse) -> Result<Option<Outcome>, GatewayError> {
-        let step = self.steps.get(self.index).ok_or_else(|| GatewayError::gateway("mapping run has no step left"))?;
-        if !step.expect.contains(&response.status) {
-            let mut error = translate_error(self.mapping, response, &self.vars);
-            if !matches!(step.method, Method::GET | Method::HEAD) && response.status >= 500 {
-                // The EHR may have acted before failing: resending could write twice.
-                error.retryable = false;
-                if let Some(issue) = error.issues.first_mut() {
-                    issue
-                        .message
-                        .push_str("; the write may or may not have happened, so search before sending it again");
-                }
-            }
-            return Err(error);
+        if self.pending.is_some() {
+            return self.on_entry_response(response);
         }
-        // Body-less results (bytes, empty 201s) have no JSON to read.
-        let document: Value =
-            if step.result == Some(StepResult::Bytes) || response.body.iter().all(u8::is_ascii_whitespace) {
-                Value::Null
-            } else {
-                serde_json::from_slice(&response.body).map_err(|_| {
-                    mapping_error(
-                        self.mapping,
-                        format!("{} answered with a body that is not JSON", self.mapping.display_name),
-                    )
-                })?
-            };
-        let mut bound = Vec::new();
+        let step = self.steps.get(self.index).ok_or_else(|| GatewayError::gateway("mapping run has no step left"))?;
+        if step.empty_on.contains(&response.status) && step.result == Some(StepResult::Bundle) {
+            self.index += 1;
+            return Ok(Some(Outcome::Page { entries: vec![], total: Some(0), next: None }));
+        }
+        let document =
+            if step.expect.contains(&response.status) { self.document(Some(step), response)? } else { Value::Null };
+        self.accept(step, response, &document)?;
+        let mut bound = BTreeMap::new();
         {
             let scope = self.scope(&document, Some(&response.headers));
             for (name, expr) in &step.bind {
                 match expr.eval(&scope) {
-                    Ok(Some(v)) => bound.push((name.clone(), v)),
+                    Ok(Some(v)) => {
+                        bound.insert(name.clone(), v);
+                    }
                     Ok(None) => {
+                        if let Some(u) = &step.unresolved {
+                            let message = u
+                                .message
+                                .render(&self.scope(&self.input, None))
+                                .ok()
+                                .flatten()
+                                .unwrap_or_else(|| format!("`{name}` could not be resolved"));
+                            let mut e = GatewayError::client(u.status, u.code, message);
+                            if let Some(x) = &u.expression {
+                                e = e.with_expression(x.clone());
+                            }
+                            return Err(e);
+                        }
                         return Err(mapping_error(
                             self.mapping,
                             format!("{}'s answer lacks `{name}` ({})", self.mapping.display_name, expr.text()),
@@ -397,52 +702,97 @@ impl<'m> Run<'m> {
                 }
             }
         }
-        self.vars.extend(bound);
+        self.vars.extend(bound.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.last_bound = bound;
         if !self.vars.contains_key("gateway_id") {
             let id_vars: BTreeMap<String, String> = self
                 .category
                 .id
                 .variables()
-                .filter_map(|v| Some((v.to_string(), self.vars.get(v)?.as_str()?.to_string())))
+                .filter_map(|v| Some((v.to_string(), scalar_text(self.vars.get(v)?)?)))
                 .collect();
             if let Some(id) = self.category.id.render(&id_vars) {
                 self.vars.insert("gateway_id".into(), Value::String(id));
             }
         }
-        if !matches!(step.method, Method::GET | Method::HEAD) {
-            self.wrote = true;
-        }
+        self.wrote |= !matches!(step.method, Method::GET | Method::HEAD);
         self.index += 1;
         let outcome = match step.result {
-            None if !self.is_done() => return Ok(None),
+            None if !self.is_done() => {
+                self.skip_inactive()?;
+                return Ok(None);
+            }
             None => return Err(GatewayError::gateway("mapping ended without a result")),
             Some(StepResult::Bytes) => Outcome::Bytes,
+            Some(StepResult::None) => Outcome::Done,
             Some(StepResult::Resource) => {
-                Outcome::Resource(normalize(self.mapping, self.category, &document, &self.ctx)?)
+                let object = match &step.select {
+                    Some(select) => select
+                        .eval(&self.scope(&document, None))
+                        .map_err(|e| mapping_error(self.mapping, e))?
+                        .ok_or_else(|| {
+                            mapping_error(
+                                self.mapping,
+                                format!(
+                                    "{} answered without the object ({})",
+                                    self.mapping.display_name,
+                                    select.text()
+                                ),
+                            )
+                        })?,
+                    None => document,
+                };
+                Outcome::Resource(normalize(self.mapping, self.category, &object, &self.ctx, &self.vars)?)
             }
-            Some(StepResult::Bundle) => self.page(&document)?,
+            Some(StepResult::Bundle) => return self.page(&document),
         };
         Ok(Some(outcome))
     }
 
-    fn page(&self, document: &Value) -> Result<Outcome, GatewayError> {
+    fn on_entry_response(&mut self, response: &UpstreamResponse) -> Result<Option<Outcome>, GatewayError> {
+        let each = self.each().ok_or_else(|| GatewayError::gateway("search has no `each` step"))?;
+        let Some(pending) = self.pending.as_ref() else { return Ok(None) };
+        let raw = pending.raw.get(pending.index).cloned().unwrap_or(Value::Null);
+        if !each.drop_on.contains(&response.status) {
+            let document = if each.step.expect.contains(&response.status) {
+                self.document(Some(&each.step), response)?
+            } else {
+                Value::Null
+            };
+            self.accept(&each.step, response, &document)?;
+            let entry = normalize(self.mapping, self.category, &raw, &self.ctx, &self.vars)?;
+            if let Some(p) = self.pending.as_mut() {
+                p.kept.push(entry);
+            }
+        }
+        let Some(pending) = self.pending.as_mut() else { return Ok(None) };
+        pending.index += 1;
+        if pending.index < pending.raw.len() {
+            return Ok(None);
+        }
+        let pending = self.pending.take().map(|p| (p.kept, p.next)).unwrap_or_default();
+        // Entries were filtered, so the upstream's total no longer counts what the client sees.
+        Ok(Some(Outcome::Page { entries: pending.0, total: None, next: pending.1 }))
+    }
+
+    fn page(&mut self, document: &Value) -> Result<Option<Outcome>, GatewayError> {
         let search = self.category.search.as_ref().ok_or_else(|| GatewayError::gateway("not a search"))?;
         let scope = self.scope(document, None);
         let err = |e: String| mapping_error(self.mapping, e);
-        let entries = match search.entries.eval(&scope).map_err(err)? {
+        let raw = match search.entries.eval(&scope).map_err(err)? {
             None => Vec::new(),
             Some(Value::Array(items)) => items,
             Some(one) => vec![one],
         };
-        let entries = entries
-            .iter()
-            .map(|e| normalize(self.mapping, self.category, e, &self.ctx))
-            .collect::<Result<Vec<_>, _>>()?;
         let total = match &search.total {
-            Some(t) => t.eval(&scope).map_err(err)?.and_then(|v| v.as_u64()),
+            Some(t) => t.eval(&scope).map_err(err)?.and_then(|v| match v {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) => s.trim().parse().ok(),
+                _ => None,
+            }),
             None => None,
         };
-        let next = match &search.next {
+        let link = match &search.next {
             Some(n) => match n.eval(&scope).map_err(err)? {
                 Some(Value::String(s)) => Some(s),
                 Some(Value::Array(a)) => a.first().and_then(|v| v.as_str()).map(str::to_string),
@@ -450,16 +800,46 @@ impl<'m> Run<'m> {
             },
             None => None,
         };
-        Ok(Outcome::Page { entries, total, next })
+        let next = match search.paging {
+            super::Paging::Link => link.map(NextPage::Link),
+            super::Paging::Offset => {
+                let offset = self.vars.get("_offset").and_then(Value::as_u64).unwrap_or(0);
+                let after = offset + raw.len() as u64;
+                let more = match total {
+                    Some(t) => after < t,
+                    None => link.is_some(),
+                };
+                (more && !raw.is_empty()).then_some(NextPage::Offset(after))
+            }
+        };
+        if search.each.is_some() && !raw.is_empty() {
+            self.pending = Some(Pending { raw, kept: Vec::new(), index: 0, next });
+            return Ok(None);
+        }
+        let entries = raw
+            .iter()
+            .map(|e| normalize(self.mapping, self.category, e, &self.ctx, &self.vars))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Outcome::Page { entries, total, next }))
     }
 }
 
-/// The variables encoded in a gateway id, plus `gateway_id` itself (for messages).
-fn id_vars(category: &Category, gateway_id: &str) -> Result<BTreeMap<String, Value>, GatewayError> {
-    let vars = category
-        .id
-        .parse(gateway_id)
-        .ok_or_else(|| GatewayError::not_found(format!("Media/{gateway_id} is not a known Media id")))?;
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The variables encoded in a gateway id, plus `gateway_id` itself (for messages). An id part named
+/// like a connection parameter must carry the connection's value (another practice's id is not ours).
+fn id_vars(category: &Category, gateway_id: &str, ctx: &Context) -> Result<BTreeMap<String, Value>, GatewayError> {
+    let not_ours = || GatewayError::not_found(format!("Media/{gateway_id} is not a known Media id"));
+    let vars = category.id.parse(gateway_id).ok_or_else(not_ours)?;
+    if vars.iter().any(|(k, v)| ctx.params.get(k).is_some_and(|own| own != v)) {
+        return Err(not_ours());
+    }
     let mut vars = string_vars(vars);
     vars.insert("gateway_id".into(), Value::String(gateway_id.to_string()));
     Ok(vars)
@@ -469,15 +849,14 @@ fn string_vars(vars: BTreeMap<String, String>) -> BTreeMap<String, Value> {
     vars.into_iter().map(|(k, v)| (k, Value::String(v))).collect()
 }
 
-/// Maps one upstream object to a FHIR Media with the gateway's id and content URL.
-pub fn normalize(
+/// The category's `resource.bind` values for one upstream object (which may read `vars`), as text.
+fn bind_object(
     mapping: &Mapping,
     category: &Category,
     upstream: &Value,
-    ctx: &Context,
-) -> Result<Value, GatewayError> {
-    let empty = BTreeMap::new();
-    let scope = Scope { document: upstream, vars: &empty, headers: None, transforms: env(mapping, Some(category)) };
+    vars: &BTreeMap<String, Value>,
+) -> Result<BTreeMap<String, Value>, GatewayError> {
+    let scope = Scope { document: upstream, vars, headers: None, transforms: env(mapping, Some(category)) };
     let mut id_vars = BTreeMap::new();
     for (name, expr) in &category.bind {
         let value = expr.eval_string(&scope).map_err(|e| mapping_error(mapping, e))?.ok_or_else(|| {
@@ -488,9 +867,25 @@ pub fn normalize(
     let gateway_id = category.id.render(&id_vars).ok_or_else(|| {
         mapping_error(mapping, format!("{} returned an id that does not fit a FHIR id", mapping.display_name))
     })?;
-    let mut vars = string_vars(id_vars);
+    let mut bound = string_vars(id_vars);
+    bound.insert("gateway_id".into(), Value::String(gateway_id));
+    Ok(bound)
+}
+
+/// Maps one upstream object to a FHIR Media with the gateway's id and content URL. `vars` are the
+/// interaction's variables, which the category's `bind` may read (e.g. the patient of a card image).
+pub fn normalize(
+    mapping: &Mapping,
+    category: &Category,
+    upstream: &Value,
+    ctx: &Context,
+    vars: &BTreeMap<String, Value>,
+) -> Result<Value, GatewayError> {
+    let bound = bind_object(mapping, category, upstream, vars)?;
+    let mut vars = vars.clone();
+    vars.extend(bound);
+    let gateway_id = vars.get("gateway_id").and_then(Value::as_str).unwrap_or_default().to_string();
     vars.insert("content_url".into(), Value::String(format!("{}/Media/{gateway_id}/$content", ctx.fhir_base)));
-    vars.insert("gateway_id".into(), Value::String(gateway_id));
     let scope = Scope { document: upstream, vars: &vars, headers: None, transforms: env(mapping, Some(category)) };
     category
         .template
@@ -565,7 +960,30 @@ pub fn unsupported_param(mapping: &Mapping, category: &Category, name: &str) -> 
     .with_expression(name.to_string())
 }
 
-/// Applies the mapping's error table to a non-success upstream answer.
+/// The index of the error rule that applies to an upstream answer, if any (first match wins).
+pub fn matching_rule(mapping: &Mapping, response: &UpstreamResponse) -> Option<usize> {
+    let document: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+    let empty = BTreeMap::new();
+    let scope =
+        Scope { document: &document, vars: &empty, headers: Some(&response.headers), transforms: env(mapping, None) };
+    mapping.errors.iter().position(|r| {
+        r.status.matches(response.status)
+            && r.when.as_ref().is_none_or(|w| {
+                let value = w.eval(&scope).ok().flatten();
+                truthy(value.as_ref())
+                    && r.matches.as_ref().is_none_or(|re| {
+                        let text = match &value {
+                            Some(Value::String(s)) => s.clone(),
+                            Some(other) => other.to_string(),
+                            None => String::new(),
+                        };
+                        re.is_match(&text)
+                    })
+            })
+    })
+}
+
+/// Applies the mapping's error table to an upstream answer that is not a success.
 pub fn translate_error(mapping: &Mapping, response: &UpstreamResponse, vars: &BTreeMap<String, Value>) -> GatewayError {
     let side = Side::Upstream(mapping.display_name.clone());
     let document: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
@@ -575,7 +993,7 @@ pub fn translate_error(mapping: &Mapping, response: &UpstreamResponse, vars: &BT
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(std::time::Duration::from_secs);
-    match mapping.errors.iter().find(|r| r.status.matches(response.status)) {
+    match matching_rule(mapping, response).map(|i| &mapping.errors[i]) {
         Some(rule) => {
             let scope =
                 Scope { document: &document, vars, headers: Some(&response.headers), transforms: env(mapping, None) };
@@ -585,10 +1003,25 @@ pub fn translate_error(mapping: &Mapping, response: &UpstreamResponse, vars: &BT
                 .ok()
                 .flatten()
                 .unwrap_or_else(|| format!("{} answered HTTP {}", mapping.display_name, response.status));
-            GatewayError::new(rule.gateway_status, rule.code, side, message)
+            let expressions: Vec<String> = match rule.expressions.as_ref().and_then(|e| e.eval(&scope).ok().flatten()) {
+                Some(Value::Array(items)) => items.iter().filter_map(scalar_text).collect(),
+                Some(one) => scalar_text(&one).into_iter().collect(),
+                None => vec![],
+            };
+            let mut error = GatewayError::new(rule.gateway_status, rule.code, side, message)
                 .retryable(rule.retryable)
-                .with_retry_after(retry_after)
+                .with_retry_after(retry_after);
+            if let Some(issue) = error.issues.first_mut() {
+                issue.expression = expressions;
+            }
+            error
         }
+        None if (200..300).contains(&response.status) => GatewayError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueCode::BusinessRule,
+            side,
+            format!("{} did not accept the request", mapping.display_name),
+        ),
         None => GatewayError::new(
             StatusCode::BAD_GATEWAY,
             IssueCode::Exception,
@@ -603,13 +1036,31 @@ fn env<'a>(mapping: &'a Mapping, category: Option<&'a Category>) -> TransformCon
     TransformContext { id_template: category.map(|c| &c.id), code_tables: Some(&mapping.code_tables) }
 }
 
-/// Opaque paging token: which category, and the upstream link to continue at.
-pub fn encode_page_token(category: &str, link: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({ "c": category, "l": link }).to_string())
+/// Where a `_page` token continues a search.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PageToken {
+    /// At an upstream link.
+    Link { category: String, link: String },
+    /// The same search again (its FHIR parameters, `_count` included) at an offset.
+    Offset { category: String, params: Vec<(String, String)>, offset: u64 },
 }
 
-pub fn decode_page_token(token: &str) -> Option<(String, String)> {
+/// Opaque paging token (the client sends it back as `_page`).
+pub fn encode_page_token(token: &PageToken) -> String {
+    let v = match token {
+        PageToken::Link { category, link } => json!({ "c": category, "l": link }),
+        PageToken::Offset { category, params, offset } => json!({ "c": category, "p": params, "o": offset }),
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+pub fn decode_page_token(token: &str) -> Option<PageToken> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
-    Some((v.get("c")?.as_str()?.to_string(), v.get("l")?.as_str()?.to_string()))
+    let category = v.get("c")?.as_str()?.to_string();
+    if let Some(link) = v.get("l") {
+        return Some(PageToken::Link { category, link: link.as_str()?.to_string() });
+    }
+    let params = serde_json::from_value::<Vec<(String, String)>>(v.get("p")?.clone()).ok()?;
+    Some(PageToken::Offset { category, params, offset: v.get("o")?.as_u64()? })
 }

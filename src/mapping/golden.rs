@@ -19,7 +19,7 @@ use crate::error::GatewayError;
 #[serde(deny_unknown_fields)]
 pub struct GoldenCase {
     pub description: String,
-    /// `create`, `read`, `search` or `content`.
+    /// `create`, `read`, `update`, `delete`, `search` or `content`.
     pub interaction: String,
     /// Defaults to the mapping's default category (or, for reads, the category of the id).
     #[serde(default)]
@@ -27,6 +27,12 @@ pub struct GoldenCase {
     /// The organization's FHIR base as clients see it.
     #[serde(default = "default_fhir_base")]
     pub fhir_base: String,
+    /// The connection's `params` (e.g. `{ practice = "195900" }`).
+    #[serde(default)]
+    pub connection: BTreeMap<String, String>,
+    /// The request id sent upstream when the mapping has a `request_id_header`.
+    #[serde(default)]
+    pub request_id: Option<String>,
     #[serde(default)]
     pub request: RequestSpec,
     #[serde(default)]
@@ -41,18 +47,41 @@ fn default_fhir_base() -> String {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestSpec {
-    /// The Media of a create.
+    /// The Media of a create or update.
     #[serde(default)]
     pub resource: Option<Value>,
-    /// The gateway id of a read or content fetch.
+    /// An update's current resource (what unchangeable elements are compared with); defaults to `resource`.
+    #[serde(default)]
+    pub current: Option<Value>,
+    /// The gateway id of a read, update, delete or content fetch.
     #[serde(default)]
     pub id: Option<String>,
-    /// Search parameters, `_count` included.
+    /// Search parameters, `_count` included (a list for a repeated parameter), or the content URL's
+    /// parameters.
     #[serde(default)]
-    pub params: BTreeMap<String, String>,
+    pub params: BTreeMap<String, ParamValue>,
+    /// The `_offset` of a gateway-paged search page.
+    #[serde(default)]
+    pub offset: Option<u64>,
     /// Continue a search at this upstream `next` link instead.
     #[serde(default)]
     pub page_link: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl ParamValue {
+    fn values(&self) -> Vec<String> {
+        match self {
+            ParamValue::One(v) => vec![v.clone()],
+            ParamValue::Many(v) => v.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +130,9 @@ pub struct ResultSpec {
     /// The content step succeeded (the bytes are streamed by the gateway).
     #[serde(default)]
     pub bytes: bool,
+    /// A delete succeeded.
+    #[serde(default)]
+    pub done: bool,
     #[serde(default)]
     pub error: Option<ErrorSpec>,
 }
@@ -142,6 +174,8 @@ pub struct CaseReport {
     pub translates_error: bool,
     /// The upstream status whose translation the case checks, if it does.
     pub translated_status: Option<u16>,
+    /// The error rule (index in `errors`) that translated the last upstream answer, if one did.
+    pub translated_rule: Option<usize>,
 }
 
 impl CaseReport {
@@ -180,6 +214,7 @@ pub fn run_file(mapping: &Mapping, file: &Path) -> CaseReport {
         failures: Vec::new(),
         translates_error: false,
         translated_status: None,
+        translated_rule: None,
     };
     let case: GoldenCase = match std::fs::read_to_string(file)
         .map_err(|e| e.to_string())
@@ -195,6 +230,12 @@ pub fn run_file(mapping: &Mapping, file: &Path) -> CaseReport {
     report.description = case.description.clone();
     report.translates_error = case.result.error.is_some() && !case.exchanges.is_empty();
     report.translated_status = case.exchanges.last().filter(|_| report.translates_error).map(|e| e.respond.status);
+    report.translated_rule = case
+        .exchanges
+        .last()
+        .filter(|_| report.translates_error)
+        .and_then(|e| response(&e.respond).ok())
+        .and_then(|r| super::engine::matching_rule(mapping, &r));
     match run_case(mapping, &case, &mut report.category) {
         Ok(failures) => report.failures = failures,
         Err(e) => report.failures.push(e),
@@ -203,7 +244,11 @@ pub fn run_file(mapping: &Mapping, file: &Path) -> CaseReport {
 }
 
 fn run_case(mapping: &Mapping, case: &GoldenCase, category_name: &mut String) -> Result<Vec<String>, String> {
-    let ctx = Context { fhir_base: case.fhir_base.clone() };
+    let ctx = Context {
+        fhir_base: case.fhir_base.clone(),
+        params: case.connection.clone(),
+        request_id: case.request_id.clone(),
+    };
     let category = match (&case.category, &case.request.id) {
         (Some(c), _) => mapping.category(c).ok_or_else(|| format!("no category `{c}`"))?,
         (None, Some(id)) if case.interaction != "create" => {
@@ -213,29 +258,34 @@ fn run_case(mapping: &Mapping, case: &GoldenCase, category_name: &mut String) ->
     };
     *category_name = category.name.clone();
     let id = || case.request.id.clone().ok_or("this interaction needs `request.id`".to_string());
+    let params: Vec<(String, String)> = case
+        .request
+        .params
+        .iter()
+        .filter(|(k, _)| *k != "_count")
+        .flat_map(|(k, v)| v.values().into_iter().map(move |v| (k.clone(), v)))
+        .collect();
+    let resource = || case.request.resource.clone().ok_or(format!("a {} needs `request.resource`", case.interaction));
     let started = match case.interaction.as_str() {
-        "create" => Run::create(
-            mapping,
-            category,
-            case.request.resource.clone().ok_or("a create needs `request.resource`")?,
-            ctx,
-        ),
+        "create" => Run::create(mapping, category, resource()?, ctx),
         "read" => Run::read(mapping, category, &id()?, ctx),
-        "content" => Run::content(mapping, category, &id()?, ctx),
+        "update" => {
+            let resource = resource()?;
+            let current = case.request.current.clone().unwrap_or_else(|| resource.clone());
+            Run::update(mapping, category, &id()?, resource, &current, ctx)
+        }
+        "delete" => Run::delete(mapping, category, &id()?, ctx),
+        "content" => Run::content(mapping, category, &id()?, &params, ctx),
         "search" => match &case.request.page_link {
             Some(link) => Run::search_page(mapping, category, link, ctx),
             None => {
-                let params: Vec<(String, String)> = case
-                    .request
-                    .params
-                    .iter()
-                    .filter(|(k, _)| *k != "_count")
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                Run::search(mapping, category, &params, case.request.params.get("_count").map(String::as_str), ctx)
+                let count = case.request.params.get("_count").map(|v| v.values().join(","));
+                Run::search(mapping, category, &params, count.as_deref(), case.request.offset, ctx)
             }
         },
-        other => return Err(format!("unknown interaction `{other}`; use create, read, search or content")),
+        other => {
+            return Err(format!("unknown interaction `{other}`; use create, read, update, delete, search or content"));
+        }
     };
     let mut failures = Vec::new();
     let mut exchanges = case.exchanges.iter().enumerate();
@@ -348,11 +398,13 @@ fn compare_result(expected: &ResultSpec, actual: Result<Outcome, GatewayError>, 
             if p.total != total {
                 failures.push(format!("result.page.total: expected {:?}, got {total:?}", p.total));
             }
+            let next = next.map(|n| n.to_string());
             if p.next != next {
                 failures.push(format!("result.page.next: expected {:?}, got {next:?}", p.next));
             }
         }
         (ResultSpec { bytes: true, .. }, Ok(Outcome::Bytes)) => {}
+        (ResultSpec { done: true, .. }, Ok(Outcome::Done)) => {}
         (_, Ok(other)) => {
             failures.push(format!("result: the case expects another kind of result than {}", kind(&other)))
         }
@@ -365,6 +417,7 @@ fn kind(o: &Outcome) -> &'static str {
         Outcome::Page { .. } => "a search page",
         Outcome::Bytes => "bytes",
         Outcome::Written { .. } => "a write whose read-back failed",
+        Outcome::Done => "a completed delete",
     }
 }
 
@@ -420,6 +473,8 @@ pub fn coverage_gaps(set: &MappingSet, reports: &[CaseReport]) -> Vec<String> {
             let declared = [
                 ("create", c.create.is_some()),
                 ("read", c.read.is_some()),
+                ("update", c.update.is_some()),
+                ("delete", c.delete.is_some()),
                 ("search", c.search.is_some()),
                 ("content", c.content.is_some()),
             ];
@@ -429,12 +484,10 @@ pub fn coverage_gaps(set: &MappingSet, reports: &[CaseReport]) -> Vec<String> {
                 }
             }
         }
-        for rule in &mapping.errors {
-            let covered = reports
-                .iter()
-                .any(|r| &r.mapping == name && r.translated_status.is_some_and(|s| rule.status.matches(s)));
+        for (i, rule) in mapping.errors.iter().enumerate() {
+            let covered = reports.iter().any(|r| &r.mapping == name && r.translated_rule == Some(i));
             if !covered {
-                gaps.push(format!("{name}: no golden case translates an upstream {}", rule.status));
+                gaps.push(format!("{name}: no golden case translates an upstream {} with errors[{i}]", rule.status));
             }
         }
     }

@@ -96,6 +96,17 @@ pub enum StepResult {
     Resource,
     Bundle,
     Bytes,
+    /// The step's success is the whole outcome (a delete).
+    None,
+}
+
+/// The client error answered when a step's `bind` finds nothing.
+#[derive(Debug)]
+pub struct Unresolved {
+    pub status: StatusCode,
+    pub code: IssueCode,
+    pub expression: Option<String>,
+    pub message: TextTemplate,
 }
 
 #[derive(Debug)]
@@ -109,6 +120,36 @@ pub struct Step {
     pub expect: Vec<u16>,
     pub bind: Vec<(String, Expression)>,
     pub result: Option<StepResult>,
+    pub when: Option<Expression>,
+    pub unless: Option<Expression>,
+    pub success: Option<Expression>,
+    pub select: Option<Expression>,
+    pub empty_on: Vec<u16>,
+    pub idempotent: bool,
+    /// Cache key template and lifetime of the step's bound values.
+    pub cache: Option<(TextTemplate, std::time::Duration)>,
+    pub unresolved: Option<Unresolved>,
+}
+
+#[derive(Debug)]
+pub struct Unchangeable {
+    pub path: Expression,
+    pub expression: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paging {
+    /// Follow the upstream's `next` link.
+    Link,
+    /// The gateway pages with `_offset`.
+    Offset,
+}
+
+#[derive(Debug)]
+pub struct Each {
+    pub step: Step,
+    pub drop_on: Vec<u16>,
 }
 
 #[derive(Debug)]
@@ -127,6 +168,9 @@ pub struct Check {
 pub struct Interaction {
     pub serialize_writes_by: Vec<Expression>,
     pub checks: Vec<Check>,
+    pub bind: Vec<(String, Expression)>,
+    pub unchangeable: Vec<Unchangeable>,
+    pub params: Vec<String>,
     pub steps: Vec<Step>,
 }
 
@@ -140,6 +184,8 @@ pub struct Search {
     pub entries: Expression,
     pub total: Option<Expression>,
     pub next: Option<Expression>,
+    pub paging: Paging,
+    pub each: Option<Each>,
 }
 
 #[derive(Debug)]
@@ -151,8 +197,24 @@ pub struct Category {
     pub template: Template,
     pub create: Option<Interaction>,
     pub read: Option<Interaction>,
+    pub update: Option<Interaction>,
+    pub delete: Option<Interaction>,
     pub search: Option<Search>,
     pub content: Option<Interaction>,
+}
+
+impl Category {
+    /// The HTTP methods `Media/{id}` of this category allows (its 405s' `Allow` header).
+    pub fn instance_methods(&self) -> String {
+        let mut methods = vec!["GET"];
+        if self.update.is_some() {
+            methods.extend(["PUT", "PATCH"]);
+        }
+        if self.delete.is_some() {
+            methods.push("DELETE");
+        }
+        methods.join(", ")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +244,9 @@ impl StatusMatch {
 #[derive(Debug)]
 pub struct ErrorRule {
     pub status: StatusMatch,
+    pub when: Option<Expression>,
+    pub matches: Option<Regex>,
+    pub expressions: Option<Expression>,
     pub gateway_status: StatusCode,
     pub code: IssueCode,
     pub retryable: bool,
@@ -200,6 +265,9 @@ pub struct Mapping {
     pub categories: BTreeMap<String, Category>,
     pub code_tables: transform::CodeTables,
     pub errors: Vec<ErrorRule>,
+    pub connection_params: Vec<String>,
+    pub request_id_header: Option<String>,
+    pub category_extension: Option<String>,
 }
 
 impl Mapping {
@@ -479,82 +547,13 @@ impl Compiler<'_> {
         let mut steps = Vec::new();
         for (i, s) in specs.iter().enumerate() {
             let at = format!("{key}[{i}]");
-            let method = match s.method.to_ascii_uppercase().as_str() {
-                m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE") => Method::from_bytes(m.as_bytes()).ok(),
-                other => {
-                    self.error(
-                        &format!("{at}.method"),
-                        format!("`{other}` is not one of GET, POST, PUT, PATCH, DELETE"),
-                    );
-                    None
-                }
-            };
-            if !s.path.starts_with('/') {
-                self.error(
-                    &format!("{at}.path"),
-                    "the path must start with `/` (it is relative to the connection's base URL)",
-                );
-            }
-            let path = self.text_template(&format!("{at}.path"), &s.path, Some(&vars));
-            let query = s
-                .query
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), self.text_template(&format!("{at}.query.{k}"), v, Some(&vars))?)))
-                .collect();
-            let headers = s
-                .headers
-                .iter()
-                .filter_map(|(k, v)| {
-                    Some((k.clone(), self.text_template(&format!("{at}.headers.{k}"), v, Some(&vars))?))
-                })
-                .collect();
-            let body = s.body.as_ref().map(|b| self.template(&format!("{at}.body"), b, &vars));
-            let encoding = match s.encoding.as_deref() {
-                None | Some("json") => Encoding::Json,
-                Some("form") => Encoding::Form,
-                Some(other) => {
-                    self.error(&format!("{at}.encoding"), format!("unknown encoding `{other}`; use `json` or `form`"));
-                    Encoding::Json
-                }
-            };
-            if s.expect.is_empty() || s.expect.iter().any(|c| !(100..=599).contains(c)) {
-                self.error(&format!("{at}.expect"), "list the HTTP statuses (100-599) that mean success");
-            }
-            let bind = s
-                .bind
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), self.expression(&format!("{at}.bind.{k}"), v, Some(&vars))?)))
-                .collect();
-            vars.extend(s.bind.keys().cloned());
-            if i > 0 && specs[i - 1].result.is_some() {
+            if i > 0 && specs[i - 1].result.is_some() && specs[i - 1].when.is_none() && specs[i - 1].unless.is_none() {
                 self.warning(&at, "this step can never run: the step before it already produces the result");
             }
-            let result = match s.result.as_deref() {
-                None => None,
-                Some("resource") => Some(StepResult::Resource),
-                Some("bundle") => Some(StepResult::Bundle),
-                Some("bytes") => Some(StepResult::Bytes),
-                Some(other) => {
-                    self.error(
-                        &format!("{at}.result"),
-                        format!("unknown result `{other}`; use resource, bundle or bytes"),
-                    );
-                    None
-                }
-            };
-            if let (Some(method), Some(path)) = (method, path) {
-                steps.push(Step {
-                    method,
-                    path,
-                    query,
-                    headers,
-                    body,
-                    encoding,
-                    expect: s.expect.clone(),
-                    bind,
-                    result,
-                });
+            if let Some(step) = self.step(&at, s, &vars) {
+                steps.push(step);
             }
+            vars.extend(s.bind.keys().cloned());
         }
         if let Some(needed) = result_needed
             && specs.last().is_some_and(|_| steps.last().and_then(|s| s.result) != Some(needed))
@@ -562,6 +561,113 @@ impl Compiler<'_> {
             self.error(key, format!("the last step must have `result = \"{}\"`", format!("{needed:?}").to_lowercase()));
         }
         steps
+    }
+
+    /// Compiles one step; `vars` are the variables defined before it.
+    fn step(&mut self, at: &str, s: &spec::StepSpec, vars: &Known) -> Option<Step> {
+        let method = match s.method.to_ascii_uppercase().as_str() {
+            m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE") => Method::from_bytes(m.as_bytes()).ok(),
+            other => {
+                self.error(&format!("{at}.method"), format!("`{other}` is not one of GET, POST, PUT, PATCH, DELETE"));
+                None
+            }
+        };
+        if !s.path.starts_with('/') {
+            self.error(
+                &format!("{at}.path"),
+                "the path must start with `/` (it is relative to the connection's base URL)",
+            );
+        }
+        let path = self.text_template(&format!("{at}.path"), &s.path, Some(vars));
+        let query = s
+            .query
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), self.text_template(&format!("{at}.query.{k}"), v, Some(vars))?)))
+            .collect();
+        let headers = s
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), self.text_template(&format!("{at}.headers.{k}"), v, Some(vars))?)))
+            .collect();
+        let body = s.body.as_ref().map(|b| self.template(&format!("{at}.body"), b, vars));
+        let encoding = match s.encoding.as_deref() {
+            None | Some("json") => Encoding::Json,
+            Some("form") => Encoding::Form,
+            Some(other) => {
+                self.error(&format!("{at}.encoding"), format!("unknown encoding `{other}`; use `json` or `form`"));
+                Encoding::Json
+            }
+        };
+        if s.expect.is_empty() || s.expect.iter().chain(&s.empty_on).any(|c| !(100..=599).contains(c)) {
+            self.error(&format!("{at}.expect"), "list the HTTP statuses (100-599) that mean success");
+        }
+        let bind = s
+            .bind
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), self.expression(&format!("{at}.bind.{k}"), v, Some(vars))?)))
+            .collect();
+        let result = match s.result.as_deref() {
+            None => None,
+            Some("resource") => Some(StepResult::Resource),
+            Some("bundle") => Some(StepResult::Bundle),
+            Some("bytes") => Some(StepResult::Bytes),
+            Some("none") => Some(StepResult::None),
+            Some(other) => {
+                self.error(
+                    &format!("{at}.result"),
+                    format!("unknown result `{other}`; use resource, bundle, bytes or none"),
+                );
+                None
+            }
+        };
+        let optional = |c: &mut Self, name: &str, text: &Option<String>| {
+            text.as_ref().and_then(|t| c.expression(&format!("{at}.{name}"), t, Some(vars)))
+        };
+        let when = optional(self, "when", &s.when);
+        let unless = optional(self, "unless", &s.unless);
+        let success = optional(self, "success", &s.success);
+        let select = optional(self, "select", &s.select);
+        let cache = s.cache.as_ref().and_then(|c| {
+            if s.bind.is_empty() {
+                self.error(&format!("{at}.cache"), "only a step with `bind` values has something to cache");
+            }
+            let key = self.text_template(&format!("{at}.cache.key"), &c.key, Some(vars))?;
+            Some((key, std::time::Duration::from_secs(c.ttl_secs)))
+        });
+        let unresolved = s.unresolved.as_ref().and_then(|u| {
+            let status = match StatusCode::from_u16(u.status) {
+                Ok(s) if s.is_client_error() => s,
+                _ => {
+                    self.error(&format!("{at}.unresolved.status"), "must be a 4xx: the request lacks what is needed");
+                    StatusCode::BAD_REQUEST
+                }
+            };
+            let code = self.issue_code(&format!("{at}.unresolved.code"), &u.code);
+            let message = self.text_template(&format!("{at}.unresolved.message"), &u.message, Some(vars))?;
+            Some(Unresolved { status, code, expression: u.expression.clone(), message })
+        });
+        let method = method?;
+        let idempotent =
+            s.idempotent.unwrap_or(matches!(method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE));
+        Some(Step {
+            method,
+            path: path?,
+            query,
+            headers,
+            body,
+            encoding,
+            expect: s.expect.clone(),
+            bind,
+            result,
+            when,
+            unless,
+            success,
+            select,
+            empty_on: s.empty_on.clone(),
+            idempotent,
+            cache,
+            unresolved,
+        })
     }
 
     fn interaction(&mut self, key: &str, spec: &spec::InteractionSpec, result: StepResult, vars: Known) -> Interaction {
@@ -600,8 +706,28 @@ impl Compiler<'_> {
                 });
             }
         }
+        let bind = spec
+            .bind
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), self.expression(&format!("{key}.bind.{k}"), v, Some(&vars))?)))
+            .collect();
+        let unchangeable = spec
+            .unchangeable
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| {
+                Some(Unchangeable {
+                    path: self.expression(&format!("{key}.unchangeable[{i}].path"), &u.path, Some(&Known::new()))?,
+                    expression: u.expression.clone(),
+                    message: u.message.clone(),
+                })
+            })
+            .collect();
+        let mut vars = vars;
+        vars.extend(spec.bind.keys().cloned());
+        vars.extend(spec.params.iter().cloned());
         let steps = self.steps(&format!("{key}.steps"), &spec.steps, Some(result), vars);
-        Interaction { serialize_writes_by, checks, steps }
+        Interaction { serialize_writes_by, checks, bind, unchangeable, params: spec.params.clone(), steps }
     }
 
     fn issue_code(&mut self, key: &str, code: &str) -> IssueCode {
@@ -687,6 +813,11 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
             c.error(&format!("unsupported.{key}"), format!("unknown interaction `{key}`{hint}"));
         }
     }
+    if let Some(h) = &spec.request_id_header
+        && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+    {
+        c.error("request_id_header", format!("`{h}` is not a header name"));
+    }
     if !spec.categories.contains_key(&spec.default_category) {
         c.error("default_category", format!("`{}` is not one of the categories defined below", spec.default_category));
     }
@@ -715,21 +846,58 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
             .bind
             .iter()
             .filter_map(|(k, v)| {
-                Some((k.clone(), c.expression(&format!("{at}.resource.bind.{k}"), v, Some(&Known::new()))?))
+                // May read the interaction's variables (which differ per interaction), so not checked here.
+                Some((k.clone(), c.expression(&format!("{at}.resource.bind.{k}"), v, None)?))
             })
             .collect();
-        let resource_vars: Known =
-            cs.resource.bind.keys().cloned().chain(["gateway_id".to_string(), "content_url".to_string()]).collect();
+        let base: Known = spec.connection_params.iter().cloned().collect();
+        let resource_vars: Known = cs
+            .resource
+            .bind
+            .keys()
+            .cloned()
+            .chain(base.iter().cloned())
+            .chain(["gateway_id".to_string(), "content_url".to_string()])
+            .collect();
         let template = c.template(&format!("{at}.resource.template"), &cs.resource.template, &resource_vars);
-        // Reads and content fetches start from the variables encoded in the gateway id.
+        // Reads, updates, deletes and content fetches start from the variables encoded in the gateway id.
         let id_vars: Known = id
             .as_ref()
             .map(|t| t.variables().map(str::to_string).chain(["gateway_id".to_string()]).collect())
             .unwrap_or_default();
+        let id_vars: Known = id_vars.union(&base).cloned().collect();
+        let interactions = [
+            ("create", &cs.create),
+            ("read", &cs.read),
+            ("update", &cs.update),
+            ("delete", &cs.delete),
+            ("content", &cs.content),
+        ];
+        for (name, spec) in interactions {
+            let Some(spec) = spec else { continue };
+            if name != "update" && !spec.unchangeable.is_empty() {
+                c.error(&format!("{at}.{name}.unchangeable"), "only an update has unchangeable elements");
+            }
+            if name != "content" && !spec.params.is_empty() {
+                c.error(&format!("{at}.{name}.params"), "only a content fetch takes URL parameters");
+            }
+            if !matches!(name, "create" | "update") && !spec.bind.is_empty() {
+                c.error(
+                    &format!("{at}.{name}.bind"),
+                    "only a create or an update has an inbound resource to bind from",
+                );
+            }
+        }
         let create =
-            cs.create.as_ref().map(|i| c.interaction(&format!("{at}.create"), i, StepResult::Resource, Known::new()));
+            cs.create.as_ref().map(|i| c.interaction(&format!("{at}.create"), i, StepResult::Resource, base.clone()));
         let read =
             cs.read.as_ref().map(|i| c.interaction(&format!("{at}.read"), i, StepResult::Resource, id_vars.clone()));
+        let update = cs
+            .update
+            .as_ref()
+            .map(|i| c.interaction(&format!("{at}.update"), i, StepResult::Resource, id_vars.clone()));
+        let delete =
+            cs.delete.as_ref().map(|i| c.interaction(&format!("{at}.delete"), i, StepResult::None, id_vars.clone()));
         let content =
             cs.content.as_ref().map(|i| c.interaction(&format!("{at}.content"), i, StepResult::Bytes, id_vars));
         let search = cs.search.as_ref().map(|s| {
@@ -738,12 +906,8 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
                 .params
                 .iter()
                 .filter_map(|(k, v)| {
-                    if !crate::frontdoor::SEARCH_PARAMS.contains(&k.as_str()) {
-                        let hint = suggest(k, crate::frontdoor::SEARCH_PARAMS.iter().copied());
-                        c.error(
-                            &format!("{sat}.params.{k}"),
-                            format!("`{k}` is not a FHIR Media search parameter{hint}"),
-                        );
+                    if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                        c.error(&format!("{sat}.params.{k}"), format!("`{k}` is not a search parameter name"));
                     }
                     Some((k.clone(), c.expression(&format!("{sat}.params.{k}"), v, Some(&known([k.as_str()])))?))
                 })
@@ -756,11 +920,35 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
             if s.count.default == 0 || s.count.default > s.count.max {
                 c.error(&format!("{sat}.count"), "need 0 < default <= max");
             }
-            let search_vars: Known = s.params.keys().cloned().chain(["_count".to_string()]).collect();
-            let steps = c.steps(&format!("{sat}.steps"), &s.steps, Some(StepResult::Bundle), search_vars);
+            let paging = match s.paging.as_deref() {
+                None | Some("link") => Paging::Link,
+                Some("offset") => Paging::Offset,
+                Some(other) => {
+                    c.error(&format!("{sat}.paging"), format!("unknown paging `{other}`; use `link` or `offset`"));
+                    Paging::Link
+                }
+            };
+            let search_vars: Known = s
+                .params
+                .keys()
+                .cloned()
+                .chain(["_count".to_string(), "_offset".to_string()])
+                .chain(base.iter().cloned())
+                .collect();
+            let steps = c.steps(&format!("{sat}.steps"), &s.steps, Some(StepResult::Bundle), search_vars.clone());
             let entries = c.expression(&format!("{sat}.entries"), &s.entries, Some(&Known::new()));
             let total = s.total.as_ref().and_then(|t| c.expression(&format!("{sat}.total"), t, Some(&Known::new())));
             let next = s.next.as_ref().and_then(|t| c.expression(&format!("{sat}.next"), t, Some(&Known::new())));
+            let each = s.each.as_ref().and_then(|e| {
+                let mut vars = search_vars.clone();
+                for spec in &s.steps {
+                    vars.extend(spec.bind.keys().cloned());
+                }
+                vars.extend(cs.resource.bind.keys().cloned());
+                vars.insert("gateway_id".into());
+                let step = c.step(&format!("{sat}.each.step"), &e.step, &vars)?;
+                Some(Each { step, drop_on: e.drop_on.clone() })
+            });
             Search {
                 params,
                 require_one_of: s.require_one_of.clone(),
@@ -770,6 +958,8 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
                 entries: entries.unwrap_or_else(|| Expression::compile("$.none").expect("constant path compiles")),
                 total,
                 next,
+                paging,
+                each,
             }
         });
         if let Some(id) = id {
@@ -783,6 +973,8 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
                     template,
                     create,
                     read,
+                    update,
+                    delete,
                     search,
                     content,
                 },
@@ -806,8 +998,26 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
         }
         let code = c.issue_code(&format!("{at}.code"), &r.code);
         let message = c.text_template(&format!("{at}.message"), &r.message, None);
+        let when = r.when.as_ref().and_then(|w| c.expression(&format!("{at}.when"), w, None));
+        let matches = r
+            .matches
+            .as_ref()
+            .and_then(|p| Regex::new(p).map_err(|e| c.error(&format!("{at}.matches"), e.to_string())).ok());
+        if r.matches.is_some() && r.when.is_none() {
+            c.error(&format!("{at}.matches"), "`matches` tests the value of `when`; add `when`");
+        }
+        let expressions = r.expressions.as_ref().and_then(|e| c.expression(&format!("{at}.expressions"), e, None));
         if let (Some(status), Some(gateway_status), Some(message)) = (status, gateway_status, message) {
-            errors.push(ErrorRule { status, gateway_status, code, retryable: r.retryable, message });
+            errors.push(ErrorRule {
+                status,
+                when,
+                matches,
+                expressions,
+                gateway_status,
+                code,
+                retryable: r.retryable,
+                message,
+            });
         }
     }
     for table in spec.code_tables.keys() {
@@ -838,6 +1048,9 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
             categories,
             code_tables: spec.code_tables,
             errors,
+            connection_params: spec.connection_params,
+            request_id_header: spec.request_id_header,
+            category_extension: spec.category_extension,
         },
         c.diagnostics,
     ))

@@ -26,6 +26,17 @@ pub struct MappingFile {
     /// Upstream error translation, first match wins.
     #[serde(default)]
     pub errors: Vec<ErrorRuleSpec>,
+    /// Values every connection using this mapping must supply in its `params` (e.g. athena's `practice`);
+    /// they are variables everywhere, and an id part of the same name must equal the connection's value.
+    #[serde(default)]
+    pub connection_params: Vec<String>,
+    /// Header that carries the gateway's request id on every upstream call (e.g. `X-Request-Id`).
+    #[serde(default)]
+    pub request_id_header: Option<String>,
+    /// Media extension URL whose `valueCode`/`valueString` names the category of a create, besides the
+    /// `category` query parameter.
+    #[serde(default)]
+    pub category_extension: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -58,6 +69,11 @@ pub struct CategorySpec {
     pub create: Option<InteractionSpec>,
     #[serde(default)]
     pub read: Option<InteractionSpec>,
+    /// Replaces the object (`PUT`, and `PATCH` after the patch is applied to the current resource).
+    #[serde(default)]
+    pub update: Option<InteractionSpec>,
+    #[serde(default)]
+    pub delete: Option<InteractionSpec>,
     #[serde(default)]
     pub search: Option<SearchSpec>,
     /// How to fetch the bytes behind `content.url`.
@@ -68,7 +84,8 @@ pub struct CategorySpec {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceSpec {
-    /// Variables taken from the upstream object (expressions); the id template's variables must be here.
+    /// Variables taken from the upstream object (expressions, which may also read the interaction's
+    /// variables); the id template's variables must be here.
     pub bind: BTreeMap<String, String>,
     /// The FHIR Media template. Built-in variables: `gateway_id`, `content_url`.
     pub template: Value,
@@ -80,10 +97,30 @@ pub struct InteractionSpec {
     /// Expressions over the inbound resource; writes with equal keys run one at a time per connection.
     #[serde(default)]
     pub serialize_writes_by: Vec<String>,
-    /// Checks on the inbound resource before any upstream call.
+    /// Checks on the inbound resource (for `content`: on its URL parameters) before any upstream call.
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
+    /// Variables taken from the inbound resource before the first step (create, update).
+    #[serde(default)]
+    pub bind: BTreeMap<String, String>,
+    /// Update only: elements the EHR cannot change; a value that differs from the current resource is
+    /// answered 422 with the message.
+    #[serde(default)]
+    pub unchangeable: Vec<UnchangeableSpec>,
+    /// Content only: query parameters of the `$content` URL, passed on as variables.
+    #[serde(default)]
+    pub params: Vec<String>,
     pub steps: Vec<StepSpec>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnchangeableSpec {
+    /// Expression over the resource (compared between the current and the new one).
+    pub path: String,
+    /// FHIRPath-style location reported to the client.
+    pub expression: String,
+    pub message: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -129,9 +166,55 @@ pub struct StepSpec {
     /// Variables taken from the response: expressions over its body and headers.
     #[serde(default)]
     pub bind: BTreeMap<String, String>,
-    /// What the step's response is: `resource` (map with `resource`), `bundle` (search page) or `bytes`.
+    /// What the step's response is: `resource` (map with `resource`), `bundle` (search page), `bytes` or
+    /// `none` (a delete).
     #[serde(default)]
     pub result: Option<String>,
+    /// Run the step only when this expression has a value (that is not `false`).
+    #[serde(default)]
+    pub when: Option<String>,
+    /// Skip the step when this expression has a value (that is not `false`).
+    #[serde(default)]
+    pub unless: Option<String>,
+    /// Expression over the answer that must be true (`true`/`"true"`) for an expected status to count
+    /// as success; otherwise the answer goes through the error table.
+    #[serde(default)]
+    pub success: Option<String>,
+    /// Expression picking the upstream object out of the answer for `result = "resource"` (e.g. `$[0]`).
+    #[serde(default)]
+    pub select: Option<String>,
+    /// Statuses that mean "nothing there": a search step yields an empty page.
+    #[serde(default)]
+    pub empty_on: Vec<u16>,
+    /// Whether the request may be sent again after a failure (default: GET, PUT and DELETE may).
+    #[serde(default)]
+    pub idempotent: Option<bool>,
+    /// Remember this step's `bind` values per connection under `key` for `ttl_secs`.
+    #[serde(default)]
+    pub cache: Option<CacheSpec>,
+    /// The client error to answer when a `bind` finds nothing (default: a 502 mapping error).
+    #[serde(default)]
+    pub unresolved: Option<UnresolvedSpec>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// Text template naming what is cached, e.g. `department.{patient}`.
+    pub key: String,
+    pub ttl_secs: u64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnresolvedSpec {
+    /// A 4xx status.
+    pub status: u16,
+    pub code: String,
+    /// FHIRPath-style location reported to the client.
+    #[serde(default)]
+    pub expression: Option<String>,
+    pub message: String,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -152,6 +235,21 @@ pub struct SearchSpec {
     /// JSONPath to the upstream `next` link (relative to the base URL).
     #[serde(default)]
     pub next: Option<String>,
+    /// `link` (default: follow the upstream's `next`) or `offset` (the gateway pages itself with the
+    /// variable `_offset`, so upstream links are never exposed).
+    #[serde(default)]
+    pub paging: Option<String>,
+    /// A request per entry of a page; entries answered with a `drop_on` status are left out.
+    #[serde(default)]
+    pub each: Option<EachSpec>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EachSpec {
+    /// The step, with the entry's `resource.bind` variables available.
+    pub step: StepSpec,
+    pub drop_on: Vec<u16>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -166,6 +264,15 @@ pub struct CountSpec {
 pub struct ErrorRuleSpec {
     /// `404`, or a class such as `5xx`.
     pub status: String,
+    /// Expression over the error answer (body or `header.Name`); the rule applies only when it has a value.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// Regular expression the `when` value must match.
+    #[serde(default)]
+    pub matches: Option<String>,
+    /// Expression giving the OperationOutcome `expression`(s), e.g. the upstream's list of missing fields.
+    #[serde(default)]
+    pub expressions: Option<String>,
     pub gateway_status: u16,
     pub code: String,
     #[serde(default)]

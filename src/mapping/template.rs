@@ -275,6 +275,9 @@ pub enum Template {
     Text(TextTemplate),
     Object(Vec<(String, Template)>),
     Array(Vec<Template>),
+    /// `{ "$each" = "<expression>", "$item" = <template> }`: the item rendered once per value the
+    /// expression finds, with `$` meaning that value; inside an array the items are spliced in.
+    Each(Expression, Box<Template>),
 }
 
 impl Template {
@@ -295,6 +298,23 @@ impl Template {
                     Template::Literal(Value::Null)
                 }
             },
+            Value::Object(map) if map.contains_key("$each") || map.contains_key("$item") => {
+                let (Some(Value::String(source)), Some(item), 2) = (map.get("$each"), map.get("$item"), map.len())
+                else {
+                    problems.push((
+                        at.to_string(),
+                        "a repeated element needs exactly `$each` (an expression) and `$item` (a template)".into(),
+                    ));
+                    return Template::Literal(Value::Null);
+                };
+                match Expression::compile(source) {
+                    Ok(e) => Template::Each(e, Box::new(Template::compile(item, &format!("{at}.$item"), problems))),
+                    Err(e) => {
+                        problems.push((format!("{at}.$each"), e));
+                        Template::Literal(Value::Null)
+                    }
+                }
+            }
             Value::Object(map) => Template::Object(
                 map.iter().map(|(k, v)| (k.clone(), Template::compile(v, &format!("{at}.{k}"), problems))).collect(),
             ),
@@ -309,7 +329,7 @@ impl Template {
     pub fn is_static(&self) -> bool {
         match self {
             Template::Literal(_) => true,
-            Template::Expr(_) | Template::Text(_) => false,
+            Template::Expr(_) | Template::Text(_) | Template::Each(..) => false,
             Template::Object(fields) => fields.iter().all(|(_, t)| t.is_static()),
             Template::Array(items) => items.iter().all(Template::is_static),
         }
@@ -323,7 +343,26 @@ impl Template {
             Template::Text(t) => t.expressions().collect(),
             Template::Object(fields) => fields.iter().flat_map(|(_, t)| t.expressions()).collect(),
             Template::Array(items) => items.iter().flat_map(Template::expressions).collect(),
+            Template::Each(source, item) => std::iter::once(source).chain(item.expressions()).collect(),
         }
+    }
+
+    fn render_each(&self, scope: &Scope) -> Result<Vec<Value>, String> {
+        let Template::Each(source, item) = self else { return Ok(vec![]) };
+        let values = match source.eval(scope)? {
+            None => vec![],
+            Some(Value::Array(values)) => values,
+            Some(one) => vec![one],
+        };
+        let mut out = Vec::new();
+        for value in &values {
+            let inner =
+                Scope { document: value, vars: scope.vars, headers: scope.headers, transforms: scope.transforms };
+            if let Some(v) = item.render(&inner)? {
+                out.push(v);
+            }
+        }
+        Ok(out)
     }
 
     pub fn render(&self, scope: &Scope) -> Result<Option<Value>, String> {
@@ -349,10 +388,16 @@ impl Template {
             Template::Array(items) => {
                 let mut out = Vec::new();
                 for t in items {
-                    if let Some(v) = t.render(scope)? {
+                    if matches!(t, Template::Each(..)) {
+                        out.extend(t.render_each(scope)?);
+                    } else if let Some(v) = t.render(scope)? {
                         out.push(v);
                     }
                 }
+                (!out.is_empty()).then_some(Value::Array(out))
+            }
+            Template::Each(..) => {
+                let out = self.render_each(scope)?;
                 (!out.is_empty()).then_some(Value::Array(out))
             }
         })
@@ -370,6 +415,25 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         let vars: BTreeMap<String, Value> = vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         t.render(&Scope { document: &doc, vars: &vars, headers: None, transforms: Default::default() }).unwrap()
+    }
+
+    #[test]
+    fn each_renders_an_item_per_value_and_splices_into_arrays() {
+        let doc = json!({"pages": [{"id": "1", "n": 1}, {"id": "2", "n": 2}]});
+        let t = json!({"contained": [
+            {"$each": "$.pages[*]", "$item": {"id": "p{$.id}", "order": "$.n", "of": "{doc}"}},
+            {"id": "original"}
+        ]});
+        let out = render(t, doc, &[("doc", json!("d1"))]).unwrap();
+        assert_eq!(
+            out,
+            json!({"contained": [{"id": "p1", "order": 1, "of": "d1"}, {"id": "p2", "order": 2, "of": "d1"}, {"id": "original"}]})
+        );
+        let none = render(json!({"x": {"$each": "$.missing[*]", "$item": {"a": "$.a"}}}), json!({}), &[]);
+        assert_eq!(none, None);
+        let mut problems = Vec::new();
+        Template::compile(&json!({"$each": "$.a"}), "t", &mut problems);
+        assert_eq!(problems.len(), 1);
     }
 
     #[test]

@@ -33,14 +33,39 @@ pub const TRANSFORMS: &[(&str, bool, &str)] = &[
     ("integer", false, "a number or numeric text → an integer"),
     ("lower", false, "text → lower case"),
     ("upper", false, "text → upper case"),
+    ("code_or_keep", true, "a code → its entry in the named code table, or the code itself when not listed"),
+    ("first", false, "a list → its first item (a single value stays as is)"),
+    ("join", false, "a list → its items as text joined by `, `"),
+    ("date_lower", false, "FHIR date search value(s) such as `ge2024-01-01` → the inclusive lower bound date, if any"),
+    ("date_upper", false, "FHIR date search value(s) such as `lt2024-02-01` → the inclusive upper bound date, if any"),
+    ("base64_media_type", false, "base64 image bytes → `image/jpeg`, `image/png`, `image/gif` or `application/pdf`"),
 ];
+
+/// Transforms that take a whole list; every other transform applies to each item of a list.
+const LIST_TRANSFORMS: &[&str] = &["first", "join", "date_lower", "date_upper"];
 
 pub fn exists(name: &str) -> Option<bool> {
     TRANSFORMS.iter().find(|(n, _, _)| *n == name).map(|(_, takes_arg, _)| *takes_arg)
 }
 
 /// Applies a transform. `Ok(None)` means "no value" (the field is omitted); `Err` explains bad input.
+/// Item transforms given a list apply to each item (items without a value are left out).
 pub fn apply(name: &str, arg: Option<&str>, input: &Value, ctx: &TransformContext) -> Result<Option<Value>, String> {
+    if let Value::Array(items) = input
+        && !LIST_TRANSFORMS.contains(&name)
+    {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            if let Some(v) = apply_one(name, arg, item, ctx)? {
+                out.push(v);
+            }
+        }
+        return Ok((!out.is_empty()).then_some(Value::Array(out)));
+    }
+    apply_one(name, arg, input, ctx)
+}
+
+fn apply_one(name: &str, arg: Option<&str>, input: &Value, ctx: &TransformContext) -> Result<Option<Value>, String> {
     let text = || -> Result<String, String> {
         match input {
             Value::String(s) => Ok(s.clone()),
@@ -114,7 +139,9 @@ pub fn apply(name: &str, arg: Option<&str>, input: &Value, ctx: &TransformContex
             Value::String(format!("{m}/{d}/{y}"))
         }
         "date_from_mmddyyyy" => {
-            let s = text()?;
+            // athena adds a time to some dates (`03/05/2024 09:30:00`); without a zone only the date is safe.
+            let full = text()?;
+            let s = full.split_whitespace().next().unwrap_or("").to_string();
             let parts: Vec<&str> = s.split('/').collect();
             match parts.as_slice() {
                 [m, d, y]
@@ -140,8 +167,146 @@ pub fn apply(name: &str, arg: Option<&str>, input: &Value, ctx: &TransformContex
         },
         "lower" => Value::String(text()?.to_lowercase()),
         "upper" => Value::String(text()?.to_uppercase()),
+        "code_or_keep" => {
+            let s = text()?;
+            let table = ctx.code_tables.and_then(|t| t.get(arg)).ok_or_else(|| format!("no code table `{arg}`"))?;
+            Value::String(table.get(&s).cloned().unwrap_or(s))
+        }
+        "first" => match input {
+            Value::Array(items) => return Ok(items.first().cloned()),
+            other => other.clone(),
+        },
+        "join" => match input {
+            Value::Array(items) => Value::String(
+                items
+                    .iter()
+                    .map(|v| match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            other => return Ok(Some(Value::String(text().or_else(|_| Ok::<_, String>(other.to_string()))?))),
+        },
+        "date_lower" | "date_upper" => {
+            let values: Vec<Value> = match input {
+                Value::Array(items) => items.clone(),
+                other => vec![other.clone()],
+            };
+            let mut bound: Option<String> = None;
+            for v in &values {
+                let s = v.as_str().ok_or("a date search value must be text")?;
+                let (prefix, date) = date_search_value(s)?;
+                let candidate = match (name, prefix) {
+                    ("date_lower", "ge" | "eq" | "sa" | "gt") => {
+                        Some(if prefix == "gt" || prefix == "sa" { next_day(&date)? } else { date })
+                    }
+                    ("date_upper", "le" | "eq" | "eb" | "lt") => {
+                        Some(if prefix == "lt" || prefix == "eb" { previous_day(&date)? } else { date })
+                    }
+                    (_, "ne" | "ap") => {
+                        return Err(format!(
+                            "the `{prefix}` prefix is not supported for dates here; use ge, gt, le, lt or eq"
+                        ));
+                    }
+                    _ => None,
+                };
+                if let Some(c) = candidate {
+                    // Several bounds of one kind: the narrowest wins.
+                    bound = Some(match bound {
+                        Some(b) if (name == "date_lower") == (b > c) => b,
+                        _ => c,
+                    });
+                }
+            }
+            return Ok(bound.map(Value::String));
+        }
+        "base64_media_type" => {
+            let s = text()?;
+            let head: String = s.chars().take(16).collect();
+            let head = head.get(..head.len() / 4 * 4).unwrap_or("");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(head.as_bytes())
+                .map_err(|_| "not valid base64".to_string())?;
+            let kind = if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
+                "image/jpeg"
+            } else if bytes.starts_with(&[0x89, b'P', b'N', b'G']) {
+                "image/png"
+            } else if bytes.starts_with(b"GIF8") {
+                "image/gif"
+            } else if bytes.starts_with(b"%PDF") {
+                "application/pdf"
+            } else {
+                return Ok(None);
+            };
+            Value::String(kind.into())
+        }
         other => return Err(format!("unknown transform `{other}`")),
     }))
+}
+
+/// A FHIR date search value: its prefix (`eq` when none) and the date (`YYYY-MM-DD`; a longer dateTime is
+/// cut to its date). Year or year-month values are not narrowed here.
+fn date_search_value(s: &str) -> Result<(&str, String), String> {
+    let prefixes = ["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"];
+    let (prefix, rest) = match s.get(..2) {
+        Some(p) if prefixes.contains(&p) => (p, &s[2..]),
+        _ => ("eq", s),
+    };
+    let (y, m, d) = split_fhir_date(rest)
+        .ok_or_else(|| format!("`{s}` is not a date search value; use e.g. `ge2024-01-31` (prefix + YYYY-MM-DD)"))?;
+    let valid =
+        m.parse::<u32>().is_ok_and(|m| (1..=12).contains(&m)) && d.parse::<u32>().is_ok_and(|d| (1..=31).contains(&d));
+    if !valid {
+        return Err(format!("`{s}` is not a valid date"));
+    }
+    Ok((prefix, format!("{y}-{m}-{d}")))
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+fn shift_day(date: &str, forward: bool) -> Result<String, String> {
+    let (y, m, d) = split_fhir_date(date).ok_or("not a date")?;
+    let (mut y, mut m, mut d): (i64, u32, u32) =
+        (y.parse().map_err(|_| "bad year")?, m.parse().map_err(|_| "bad month")?, d.parse().map_err(|_| "bad day")?);
+    if forward {
+        d += 1;
+        if d > days_in_month(y, m) {
+            d = 1;
+            m += 1;
+            if m > 12 {
+                m = 1;
+                y += 1;
+            }
+        }
+    } else if d > 1 {
+        d -= 1;
+    } else {
+        if m == 1 {
+            m = 12;
+            y -= 1;
+        } else {
+            m -= 1;
+        }
+        d = days_in_month(y, m);
+    }
+    Ok(format!("{y:04}-{m:02}-{d:02}"))
+}
+
+fn next_day(date: &str) -> Result<String, String> {
+    shift_day(date, true)
+}
+
+fn previous_day(date: &str) -> Result<String, String> {
+    shift_day(date, false)
 }
 
 fn split_fhir_date(s: &str) -> Option<(&str, &str, &str)> {
@@ -199,6 +364,50 @@ mod tests {
         assert_eq!(apply("code", Some("side"), &json!("left"), &ctx).unwrap(), Some(json!("L")));
         let e = apply("code", Some("side"), &json!("right"), &ctx).unwrap_err();
         assert!(e.contains("known codes: left"), "{e}");
+    }
+
+    #[test]
+    fn date_search_values_become_inclusive_bounds() {
+        let lower = |v: Value| run("date_lower", None, v).unwrap();
+        let upper = |v: Value| run("date_upper", None, v).unwrap();
+        assert_eq!(lower(json!("ge2024-01-31")), Some(json!("2024-01-31")));
+        assert_eq!(lower(json!("gt2024-01-31")), Some(json!("2024-02-01")));
+        assert_eq!(upper(json!("lt2024-03-01")), Some(json!("2024-02-29")));
+        assert_eq!(upper(json!("lt2023-01-01")), Some(json!("2022-12-31")));
+        assert_eq!(upper(json!("ge2024-01-31")), None);
+        assert_eq!(lower(json!("2024-05-06")), Some(json!("2024-05-06")));
+        assert_eq!(upper(json!(["ge2024-01-01", "le2024-06-30", "le2024-03-31"])), Some(json!("2024-03-31")));
+        assert_eq!(lower(json!(["ge2024-01-01", "ge2024-02-01"])), Some(json!("2024-02-01")));
+        assert!(run("date_lower", None, json!("yesterday")).is_err());
+        assert!(run("date_lower", None, json!("ap2024-01-01")).is_err());
+        assert!(run("date_lower", None, json!("ge2024-13-01")).is_err());
+    }
+
+    #[test]
+    fn item_transforms_map_over_lists_and_list_transforms_take_them_whole() {
+        let tables: CodeTables =
+            [("f".to_string(), [("departmentid".to_string(), "departmentId".to_string())].into())].into();
+        let ctx = TransformContext { id_template: None, code_tables: Some(&tables) };
+        assert_eq!(
+            apply("code_or_keep", Some("f"), &json!(["departmentid", "image"]), &ctx).unwrap(),
+            Some(json!(["departmentId", "image"]))
+        );
+        assert_eq!(run("upper", None, json!(["a", "b"])).unwrap(), Some(json!(["A", "B"])));
+        assert_eq!(run("first", None, json!(["a", "b"])).unwrap(), Some(json!("a")));
+        assert_eq!(run("first", None, json!([])).unwrap(), None);
+        assert_eq!(run("join", None, json!(["a", 2])).unwrap(), Some(json!("a, 2")));
+    }
+
+    #[test]
+    fn media_types_are_sniffed_from_base64() {
+        assert_eq!(run("base64_media_type", None, json!("/9j/4AAQSkZJRgABAQ==")).unwrap(), Some(json!("image/jpeg")));
+        assert_eq!(
+            run("base64_media_type", None, json!("iVBORw0KGgoAAAANSUhEUg==")).unwrap(),
+            Some(json!("image/png"))
+        );
+        assert_eq!(run("base64_media_type", None, json!("JVBERi0xLjQK")).unwrap(), Some(json!("application/pdf")));
+        assert_eq!(run("base64_media_type", None, json!("aGVsbG8=")).unwrap(), None);
+        assert_eq!(run("date_from_mmddyyyy", None, json!("03/05/2024 09:30:00")).unwrap(), Some(json!("2024-03-05")));
     }
 
     #[test]

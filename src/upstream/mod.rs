@@ -34,7 +34,20 @@ pub struct ClientSettings {
     pub max_concurrency: usize,
     pub max_attempts: u32,
     pub serialize_writes: bool,
+    /// The connection's `params` (the mapping's `connection_params`, e.g. athena's practice).
+    pub params: std::collections::BTreeMap<String, String>,
 }
+
+/// Values a mapping step bound, remembered per connection (e.g. a patient's primary department).
+#[derive(Clone)]
+struct Cached {
+    bound: Arc<std::collections::BTreeMap<String, serde_json::Value>>,
+    expires: std::time::Instant,
+}
+
+/// Longest a lookup is kept, whatever the mapping asks; bounds memory and staleness.
+const LOOKUP_CACHE_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+const LOOKUP_CACHE_CAPACITY: u64 = 100_000;
 
 /// Holds a write-serialization key. If the write did not settle (no answer, or the request future was
 /// dropped because the client left or the front door timed out), the key stays held for a grace period
@@ -68,6 +81,7 @@ pub struct UpstreamClient {
     permits: Semaphore,
     write_locks: KeyedLocks,
     serialize_writes: AtomicBool,
+    lookups: moka::sync::Cache<String, Cached>,
 }
 
 impl UpstreamClient {
@@ -79,6 +93,10 @@ impl UpstreamClient {
             transport,
             tokens,
             write_locks: KeyedLocks::new(),
+            lookups: moka::sync::Cache::builder()
+                .max_capacity(LOOKUP_CACHE_CAPACITY)
+                .time_to_live(LOOKUP_CACHE_MAX_TTL)
+                .build(),
         }
     }
 
@@ -106,7 +124,17 @@ impl UpstreamClient {
             }),
             _ => None,
         };
+        let mut throttled_retries = 0;
         let result = loop {
+            let cache_key = run.cache_key();
+            if let Some((key, _)) = &cache_key
+                && let Some(hit) = self.lookups.get(key).filter(|c| c.expires > std::time::Instant::now())
+            {
+                match run.use_cached(&hit.bound) {
+                    Ok(()) => continue,
+                    Err(e) => break Err(e),
+                }
+            }
             let request = match run.next_request() {
                 Ok(r) => r,
                 Err(e) => break Err(e),
@@ -117,7 +145,30 @@ impl UpstreamClient {
             };
             match run.on_response(&response) {
                 Ok(Some(outcome)) => break Ok(outcome),
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Some((key, ttl)) = cache_key {
+                        let expires = std::time::Instant::now() + ttl.min(LOOKUP_CACHE_MAX_TTL);
+                        self.lookups.insert(key, Cached { bound: Arc::new(run.last_bound().clone()), expires });
+                    }
+                }
+                // The mapping says this answer is worth retrying (e.g. athena's throttling 403), and
+                // the request may be sent twice: back off and send it again.
+                Err(e)
+                    if e.retryable
+                        && request.is_idempotent()
+                        && !(response.status == 429 || response.status >= 500)
+                        && throttled_retries + 1 < self.settings.max_attempts =>
+                {
+                    throttled_retries += 1;
+                    let outcome = retry::Attempt::Status { status: 429, retry_after: e.retry_after };
+                    match retry_delay(&outcome, true, throttled_retries, self.settings.max_attempts) {
+                        Some(delay) => {
+                            tracing::debug!(connection = %self.settings.name, status = response.status, "retrying a throttled upstream request");
+                            tokio::time::sleep(delay).await;
+                        }
+                        None => break run.recover(e),
+                    }
+                }
                 Err(e) => break run.recover(e),
             }
         };
@@ -326,18 +377,20 @@ mod tests {
             max_concurrency: 4,
             max_attempts: 3,
             serialize_writes: true,
+            params: Default::default(),
         };
         (UpstreamClient::new(settings, transport.clone(), tokens), transport)
     }
 
     fn request(method: Method) -> UpstreamRequest {
         UpstreamRequest {
-            method,
+            method: method.clone(),
             path: "/Media".into(),
             query: vec![],
             headers: vec![],
             body: None,
             content_type: None,
+            idempotent: method == Method::GET,
         }
     }
 

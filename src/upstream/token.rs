@@ -45,8 +45,17 @@ pub struct TokenCache {
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,
-    #[serde(default)]
+    /// A number, or (athena) a string holding one.
+    #[serde(default, deserialize_with = "lenient_seconds")]
     expires_in: Option<u64>,
+}
+
+fn lenient_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(match Option::<serde_json::Value>::deserialize(d)? {
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    })
 }
 
 impl TokenCache {
@@ -139,13 +148,21 @@ impl TokenCache {
                 ));
             }
             other => {
+                // e.g. athena's 429 when too many tokens were minted this minute: say when to come back.
+                let retry_after = response
+                    .headers
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
                 return Err(GatewayError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     IssueCode::Transient,
                     side(),
                     format!("{}'s token endpoint failed with HTTP {other}", s.ehr),
                 )
-                .retryable(true));
+                .retryable(true)
+                .with_retry_after(retry_after));
             }
         }
         let parsed: TokenResponse = serde_json::from_slice(&response.body).map_err(|_| {
