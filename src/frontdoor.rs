@@ -448,6 +448,9 @@ async fn update(
     let current = read(o, id).await?;
     let resource = make(&current)?;
     validate_resource(&resource)?;
+    if engine::unchanged(&current, &resource) {
+        return Ok(resource_response(StatusCode::OK, &current));
+    }
     let mut run = Run::update(&o.mapping, category, id, resource, &current, o.context())?;
     let updated = match o.client.run(&mut run).await? {
         Outcome::Resource(r) => r,

@@ -246,7 +246,7 @@ async fn a_create_whose_read_back_fails_is_still_a_201_with_its_location() {
     let oo: Value = r.json_body().await;
     assert_eq!(oo["resourceType"], "OperationOutcome");
     assert_eq!(oo["issue"][0]["severity"], "warning");
-    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("Do not send the create again"));
+    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("Do not send the write again"));
     assert_eq!(sim.stats().creates_received, 1);
     let (status, media) = get_json(&client, &location).await;
     assert_eq!(status, 200, "the Location is real: {media}");

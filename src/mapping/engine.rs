@@ -158,7 +158,7 @@ impl<'m> Run<'m> {
         input: Value,
         ctx: Context,
     ) -> Result<Self, GatewayError> {
-        for (k, v) in &ctx.params {
+        for (k, v) in ctx.params.iter().chain(&category.vars) {
             vars.entry(k.clone()).or_insert_with(|| Value::String(v.clone()));
         }
         let mut run = Run {
@@ -254,7 +254,9 @@ impl<'m> Run<'m> {
             return Err(GatewayError::client_issues(StatusCode::UNPROCESSABLE_ENTITY, problems));
         }
         run_checks(mapping, interaction, &resource, category)?;
-        let mut run = Run::new(mapping, category, &interaction.steps, vars, resource, ctx)?;
+        // The steps see only what changed, so fields the EHR appends to (athena's internal note) are
+        // not sent again unchanged.
+        let mut run = Run::new(mapping, category, &interaction.steps, vars, changes(current, &resource), ctx)?;
         run.bind_input(interaction)?;
         Ok(run)
     }
@@ -301,7 +303,15 @@ impl<'m> Run<'m> {
         }
         let input = Value::Object(input);
         run_checks(mapping, interaction, &input, category)?;
-        Run::new(mapping, category, &interaction.steps, vars, input, ctx)
+        let given = !params.is_empty();
+        Run::new(mapping, category, &interaction.steps, vars, input, ctx).map_err(|e| {
+            if interaction.params.is_empty() || e.status != StatusCode::BAD_GATEWAY {
+                return e;
+            }
+            let what = interaction.params.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(" or ");
+            let why = if given { "these parameters name nothing to fetch" } else { "no parameter given" };
+            GatewayError::invalid(format!("this content URL needs {what} ({why}); use the URL from the Media"))
+        })
     }
 
     /// A search with the given FHIR parameters, the raw `_count` (default and cap from the mapping) and,
@@ -380,9 +390,14 @@ impl<'m> Run<'m> {
             .with_expression(search.require_one_of[0].clone()));
         }
         let run = Run::new(mapping, category, &search.steps, vars, Value::Null, ctx)?;
-        // Render every request now so a bad parameter value is reported before any upstream call.
+        // Render every request now so a bad parameter value is reported before any upstream call (values
+        // later steps bind are not known yet: only the caller's mistakes count here).
         for step in &search.steps {
-            run.render(step)?;
+            if let Err(e) = run.render(step)
+                && e.status == StatusCode::BAD_REQUEST
+            {
+                return Err(e);
+            }
         }
         Ok(run)
     }
@@ -822,6 +837,33 @@ impl<'m> Run<'m> {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(Outcome::Page { entries, total, next }))
     }
+}
+
+/// The elements of `new` that differ from `current`: top-level elements compared whole, extensions one by
+/// one. `resourceType` and `id` are kept. Empty (apart from those) when nothing changed.
+pub fn changes(current: &Value, new: &Value) -> Value {
+    let (Some(cur), Some(new)) = (current.as_object(), new.as_object()) else { return new.clone() };
+    let mut out = serde_json::Map::new();
+    for (k, v) in new {
+        if k == "resourceType" || k == "id" {
+            out.insert(k.clone(), v.clone());
+        } else if k == "extension" {
+            let old: Vec<&Value> = cur.get(k).and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default();
+            let changed: Vec<Value> =
+                v.as_array().into_iter().flatten().filter(|e| !old.contains(e)).cloned().collect();
+            if !changed.is_empty() {
+                out.insert(k.clone(), Value::Array(changed));
+            }
+        } else if cur.get(k) != Some(v) {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+/// True when an update would change nothing (see [`changes`]).
+pub fn unchanged(current: &Value, new: &Value) -> bool {
+    changes(current, new).as_object().is_some_and(|m| m.keys().all(|k| k == "resourceType" || k == "id"))
 }
 
 fn scalar_text(v: &Value) -> Option<String> {

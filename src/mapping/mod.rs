@@ -192,6 +192,8 @@ pub struct Search {
 pub struct Category {
     pub name: String,
     pub description: String,
+    /// Constants the category's templates and steps may use as variables.
+    pub vars: BTreeMap<String, String>,
     pub id: IdTemplate,
     pub bind: Vec<(String, Expression)>,
     pub template: Template,
@@ -488,7 +490,7 @@ impl Compiler<'_> {
     fn inspect<'e>(&mut self, key: &str, expressions: impl IntoIterator<Item = &'e Expression>, vars: Option<&Known>) {
         for e in expressions {
             for (name, arg) in e.transforms() {
-                if name == "code" {
+                if matches!(name, "code" | "code_or_keep" | "lookup") {
                     let table = arg.unwrap_or_default().to_string();
                     if self.tables.contains(&table) {
                         self.used_tables.insert(table);
@@ -501,12 +503,14 @@ impl Compiler<'_> {
                     }
                 }
             }
-            if let (Some(var), Some(vars)) = (e.variable(), vars)
-                && !vars.contains(var)
-            {
-                let hint = suggest(var, vars.iter().map(String::as_str));
-                let available = vars.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
-                self.error(key, format!("unknown variable `{var}`{hint} (available here: {available})"));
+            for var in e.variables() {
+                if let Some(vars) = vars
+                    && !vars.contains(var)
+                {
+                    let hint = suggest(var, vars.iter().map(String::as_str));
+                    let available = vars.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
+                    self.error(key, format!("unknown variable `{var}`{hint} (available here: {available})"));
+                }
             }
         }
     }
@@ -821,9 +825,44 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
     if !spec.categories.contains_key(&spec.default_category) {
         c.error("default_category", format!("`{}` is not one of the categories defined below", spec.default_category));
     }
-    let mut categories = BTreeMap::new();
+    // A category with a `base` takes what it does not define from that category.
+    let mut resolved: BTreeMap<String, spec::CategorySpec> = BTreeMap::new();
     for (cname, cs) in &spec.categories {
+        let mut cs = cs.clone();
+        if let Some(base_name) = &cs.base {
+            match spec.categories.get(base_name) {
+                Some(base) if base.base.is_none() => {
+                    let base = base.clone();
+                    cs.resource = cs.resource.or(base.resource);
+                    cs.create = cs.create.or(base.create);
+                    cs.read = cs.read.or(base.read);
+                    cs.update = cs.update.or(base.update);
+                    cs.delete = cs.delete.or(base.delete);
+                    cs.search = cs.search.or(base.search);
+                    cs.content = cs.content.or(base.content);
+                    let mut vars = base.vars;
+                    vars.extend(cs.vars);
+                    cs.vars = vars;
+                }
+                Some(_) => c.error(
+                    &format!("categories.{cname}.base"),
+                    format!("`{base_name}` has a base of its own; a base must be a category without one"),
+                ),
+                None => {
+                    let hint = suggest(base_name, spec.categories.keys().map(String::as_str));
+                    c.error(&format!("categories.{cname}.base"), format!("no category `{base_name}`{hint}"));
+                }
+            }
+        }
+        resolved.insert(cname.clone(), cs);
+    }
+    let mut categories = BTreeMap::new();
+    for (cname, cs) in &resolved {
         let at = format!("categories.{cname}");
+        let Some(resource) = &cs.resource else {
+            c.error(&at, "a category needs a `resource` (or a `base` that has one)");
+            continue;
+        };
         let id = match IdTemplate::compile(&cs.id) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -833,7 +872,7 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
         };
         if let Some(id) = &id {
             for var in id.variables() {
-                if !cs.resource.bind.contains_key(var) {
+                if !resource.bind.contains_key(var) {
                     c.error(
                         &format!("{at}.resource.bind"),
                         format!("the id template uses `{{{var}}}` but `bind` does not define `{var}`"),
@@ -841,8 +880,7 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
                 }
             }
         }
-        let bind = cs
-            .resource
+        let bind = resource
             .bind
             .iter()
             .filter_map(|(k, v)| {
@@ -850,16 +888,15 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
                 Some((k.clone(), c.expression(&format!("{at}.resource.bind.{k}"), v, None)?))
             })
             .collect();
-        let base: Known = spec.connection_params.iter().cloned().collect();
-        let resource_vars: Known = cs
-            .resource
+        let base: Known = spec.connection_params.iter().chain(cs.vars.keys()).cloned().collect();
+        let resource_vars: Known = resource
             .bind
             .keys()
             .cloned()
             .chain(base.iter().cloned())
             .chain(["gateway_id".to_string(), "content_url".to_string()])
             .collect();
-        let template = c.template(&format!("{at}.resource.template"), &cs.resource.template, &resource_vars);
+        let template = c.template(&format!("{at}.resource.template"), &resource.template, &resource_vars);
         // Reads, updates, deletes and content fetches start from the variables encoded in the gateway id.
         let id_vars: Known = id
             .as_ref()
@@ -944,7 +981,7 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
                 for spec in &s.steps {
                     vars.extend(spec.bind.keys().cloned());
                 }
-                vars.extend(cs.resource.bind.keys().cloned());
+                vars.extend(resource.bind.keys().cloned());
                 vars.insert("gateway_id".into());
                 let step = c.step(&format!("{sat}.each.step"), &e.step, &vars)?;
                 Some(Each { step, drop_on: e.drop_on.clone() })
@@ -968,6 +1005,7 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
                 Category {
                     name: cname.clone(),
                     description: cs.description.clone(),
+                    vars: cs.vars.clone(),
                     id,
                     bind,
                     template,

@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MappingFile {
     /// Which connector family this mapping drives: `canvas`, `athena`, `elation`, `epic`.
@@ -39,7 +39,7 @@ pub struct MappingFile {
     pub category_extension: Option<String>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSpec {
     /// `client_credentials` (OAuth2).
@@ -57,14 +57,22 @@ fn default_refresh_before() -> u64 {
     300
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CategorySpec {
     pub description: String,
     /// Gateway id template, e.g. `cv.{media_id}`.
     pub id: String,
-    /// How an upstream object becomes a FHIR Media.
-    pub resource: ResourceSpec,
+    /// Another category whose `resource` and interactions this one uses where it defines none of its own
+    /// (one level; typically with different `vars`).
+    #[serde(default)]
+    pub base: Option<String>,
+    /// Constants available as variables in the category's templates and steps (e.g. a document class).
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    /// How an upstream object becomes a FHIR Media (may come from `base`).
+    #[serde(default)]
+    pub resource: Option<ResourceSpec>,
     #[serde(default)]
     pub create: Option<InteractionSpec>,
     #[serde(default)]
@@ -81,7 +89,7 @@ pub struct CategorySpec {
     pub content: Option<InteractionSpec>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceSpec {
     /// Variables taken from the upstream object (expressions, which may also read the interaction's
@@ -91,7 +99,7 @@ pub struct ResourceSpec {
     pub template: Value,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InteractionSpec {
     /// Expressions over the inbound resource; writes with equal keys run one at a time per connection.
@@ -113,7 +121,7 @@ pub struct InteractionSpec {
     pub steps: Vec<StepSpec>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UnchangeableSpec {
     /// Expression over the resource (compared between the current and the new one).
@@ -123,7 +131,7 @@ pub struct UnchangeableSpec {
     pub message: String,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSpec {
     /// Expression over the inbound resource.
@@ -145,7 +153,7 @@ pub struct CheckSpec {
     pub message: String,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     pub method: String,
@@ -197,7 +205,7 @@ pub struct StepSpec {
     pub unresolved: Option<UnresolvedSpec>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSpec {
     /// Text template naming what is cached, e.g. `department.{patient}`.
@@ -205,7 +213,7 @@ pub struct CacheSpec {
     pub ttl_secs: u64,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UnresolvedSpec {
     /// A 4xx status.
@@ -217,7 +225,7 @@ pub struct UnresolvedSpec {
     pub message: String,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchSpec {
     /// Supported FHIR search parameters → the expression giving the upstream value (the parameter's value
@@ -244,7 +252,7 @@ pub struct SearchSpec {
     pub each: Option<EachSpec>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EachSpec {
     /// The step, with the entry's `resource.bind` variables available.
@@ -252,14 +260,14 @@ pub struct EachSpec {
     pub drop_on: Vec<u16>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CountSpec {
     pub default: u32,
     pub max: u32,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorRuleSpec {
     /// `404`, or a class such as `5xx`.

@@ -29,9 +29,14 @@ pub struct Scope<'a> {
 
 #[derive(Debug, Clone)]
 enum Source {
-    Path { query: Box<JpQuery>, definite: bool },
+    Path {
+        query: Box<JpQuery>,
+        definite: bool,
+    },
     Header(String),
     Var(String),
+    /// `'text'`: a constant (a default after `??`).
+    Literal(String),
 }
 
 #[derive(Debug, Clone)]
@@ -39,10 +44,23 @@ pub struct Expression {
     text: String,
     source: Source,
     transforms: Vec<(String, Option<String>)>,
+    /// `a ?? b`: evaluated when this one has no value.
+    fallback: Option<Box<Expression>>,
 }
 
 impl Expression {
     pub fn compile(text: &str) -> Result<Self, String> {
+        let alternatives = split_top_level(text, "??");
+        if alternatives.len() > 1 {
+            let mut compiled = alternatives.iter().map(|a| Expression::compile(a)).collect::<Result<Vec<_>, _>>()?;
+            let mut last = compiled.pop().expect("split gives at least one part");
+            while let Some(mut e) = compiled.pop() {
+                e.fallback = Some(Box::new(last));
+                last = e;
+            }
+            last.text = text.to_string();
+            return Ok(last);
+        }
         let mut pieces = split_pipes(text).into_iter();
         let head = pieces.next().unwrap_or_default();
         let head = head.trim();
@@ -58,6 +76,8 @@ impl Expression {
                 && !head.contains(':')
                 && !head.contains(',');
             Source::Path { query: Box::new(query), definite }
+        } else if head.len() >= 2 && head.starts_with('\'') && head.ends_with('\'') {
+            Source::Literal(head[1..head.len() - 1].to_string())
         } else if let Some(name) = head.strip_prefix("header.") {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
                 return Err(format!("`{head}` is not a header name"));
@@ -66,7 +86,9 @@ impl Expression {
         } else if !head.is_empty() && head.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             Source::Var(head.to_string())
         } else {
-            return Err(format!("`{head}` is neither a JSONPath (`$…`), a header (`header.Name`) nor a variable name"));
+            return Err(format!(
+                "`{head}` is neither a JSONPath (`$…`), a header (`header.Name`), a variable name nor a `'literal'`"
+            ));
         };
         let mut transforms = Vec::new();
         for piece in pieces {
@@ -91,16 +113,21 @@ impl Expression {
             }
             transforms.push((name.to_string(), arg));
         }
-        Ok(Expression { text: text.to_string(), source, transforms })
+        Ok(Expression { text: text.to_string(), source, transforms, fallback: None })
     }
 
     pub fn text(&self) -> &str {
         &self.text
     }
 
-    /// The transforms applied, with their arguments.
+    /// The transforms applied (in every alternative), with their arguments.
     pub fn transforms(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
-        self.transforms.iter().map(|(n, a)| (n.as_str(), a.as_deref()))
+        let mut all: Vec<(&str, Option<&str>)> =
+            self.transforms.iter().map(|(n, a)| (n.as_str(), a.as_deref())).collect();
+        if let Some(f) = &self.fallback {
+            all.extend(f.transforms());
+        }
+        all.into_iter()
     }
 
     /// The variable this expression reads, if its source is a variable.
@@ -109,6 +136,15 @@ impl Expression {
             Source::Var(v) => Some(v),
             _ => None,
         }
+    }
+
+    /// The variables every alternative reads.
+    pub fn variables(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = self.variable().into_iter().collect();
+        if let Some(f) = &self.fallback {
+            all.extend(f.variables());
+        }
+        all
     }
 
     /// Evaluates to a value, or `None` when the source has nothing. Errors come from transforms.
@@ -131,12 +167,16 @@ impl Expression {
                 .and_then(|v| v.to_str().ok())
                 .map(|s| Value::String(s.to_string())),
             Source::Var(name) => scope.vars.get(name).cloned(),
+            Source::Literal(text) => Some(Value::String(text.clone())),
         };
         for (name, arg) in &self.transforms {
-            let Some(input) = value else { return Ok(None) };
+            let Some(input) = value else { break };
             value = transform::apply(name, arg.as_deref(), &input, &scope.transforms)?;
         }
-        Ok(value)
+        match (&value, &self.fallback) {
+            (None, Some(f)) => f.eval(scope),
+            _ => Ok(value),
+        }
     }
 
     pub fn eval_string(&self, scope: &Scope) -> Result<Option<String>, String> {
@@ -147,6 +187,33 @@ impl Expression {
             Some(_) => return Err(format!("`{}` gives a list or object where text is needed", self.text)),
         })
     }
+}
+
+/// Splits on `sep` outside brackets, quotes and parentheses.
+fn split_top_level(text: &str, sep: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let (mut depth, mut quote) = (0i32, None::<char>);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if quote.is_none() && depth == 0 && rest.starts_with(sep) {
+            out.push(String::new());
+            rest = &rest[sep.len()..];
+            continue;
+        }
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '[' | '(') => depth += 1,
+            (None, ']' | ')') => depth -= 1,
+            _ => {}
+        }
+        if let Some(last) = out.last_mut() {
+            last.push(c);
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    out
 }
 
 /// Splits on `|` that are outside brackets, quotes and parentheses (JSONPath filters may hold `||`).

@@ -33,6 +33,7 @@ pub const TRANSFORMS: &[(&str, bool, &str)] = &[
     ("integer", false, "a number or numeric text → an integer"),
     ("lower", false, "text → lower case"),
     ("upper", false, "text → upper case"),
+    ("lookup", true, "a code → its entry in the named code table, or no value when not listed"),
     ("code_or_keep", true, "a code → its entry in the named code table, or the code itself when not listed"),
     ("first", false, "a list → its first item (a single value stays as is)"),
     ("join", false, "a list → its items as text joined by `, `"),
@@ -167,6 +168,11 @@ fn apply_one(name: &str, arg: Option<&str>, input: &Value, ctx: &TransformContex
         },
         "lower" => Value::String(text()?.to_lowercase()),
         "upper" => Value::String(text()?.to_uppercase()),
+        "lookup" => {
+            let s = text()?;
+            let table = ctx.code_tables.and_then(|t| t.get(arg)).ok_or_else(|| format!("no code table `{arg}`"))?;
+            return Ok(table.get(&s).map(|v| Value::String(v.clone())));
+        }
         "code_or_keep" => {
             let s = text()?;
             let table = ctx.code_tables.and_then(|t| t.get(arg)).ok_or_else(|| format!("no code table `{arg}`"))?;
@@ -394,6 +400,8 @@ mod tests {
         );
         assert_eq!(run("upper", None, json!(["a", "b"])).unwrap(), Some(json!(["A", "B"])));
         assert_eq!(run("first", None, json!(["a", "b"])).unwrap(), Some(json!("a")));
+        assert_eq!(apply("lookup", Some("f"), &json!("departmentid"), &ctx).unwrap(), Some(json!("departmentId")));
+        assert_eq!(apply("lookup", Some("f"), &json!("other"), &ctx).unwrap(), None);
         assert_eq!(run("first", None, json!([])).unwrap(), None);
         assert_eq!(run("join", None, json!(["a", 2])).unwrap(), Some(json!("a, 2")));
     }

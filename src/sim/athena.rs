@@ -16,6 +16,9 @@
 //!   `success` use athena's mixed JSON types (strings in some places, numbers or booleans in others);
 //! * class-specific writes that athena rejects answer **200 with `success:false`** (a string `"false"` for admin and
 //!   medical-record documents) and an `errormessage`;
+//! * documents are listed per class (`/documents/{cls}`) or across classes by athena's generic, older
+//!   `GET /patients/{pid}/documents` (filters `documentclass`, and `startdate`/`enddate` as `MM/DD/YYYY`, inclusive,
+//!   on the created date); both order by document id and give each item its integer class id and string `documentid`;
 //! * documents are soft deleted (`status=DELETED`, `deleteddatetime`), listed again only with `showdeleted=true`;
 //!   updates are metadata-only (a new file is refused);
 //! * lists page with `limit`/`offset`, `totalcount` and a **relative** `next`/`previous` whose parameter names are
@@ -67,6 +70,8 @@ pub const OTHER_DEPARTMENT_ID: &str = "2";
 pub const DEMO_PRIMARY_INSURANCE_ID: &str = "5678";
 /// The demo patient's secondary insurance (`sequencenumber` 2). No card image at start.
 pub const DEMO_SECONDARY_INSURANCE_ID: &str = "5679";
+/// The demo patient's tertiary insurance (`sequencenumber` 3), active. No card image at start.
+pub const DEMO_TERTIARY_INSURANCE_ID: &str = "5680";
 /// A cancelled insurance of the demo patient, listed only with `showcancelled=true`.
 pub const DEMO_CANCELLED_INSURANCE_ID: &str = "5670";
 /// Seeded, not deleted admin documents of the demo patient in department 1, in list order.
@@ -367,6 +372,112 @@ impl DocClass {
             Self::LabResult => subclass == "LABRESULT",
             Self::MedicalRecord => MEDICAL_RECORD_SUBCLASSES.contains(&subclass),
         }
+    }
+
+    /// The class named by athena's `documentclass` value (`ADMIN`, `CLINICALDOCUMENT`, …), case-insensitively.
+    fn from_documentclass(name: &str) -> Option<Self> {
+        [
+            Self::Admin,
+            Self::ClinicalDocument,
+            Self::EncounterDocument,
+            Self::ImagingResult,
+            Self::LabResult,
+            Self::MedicalRecord,
+        ]
+        .into_iter()
+        .find(|class| class.documentclass().eq_ignore_ascii_case(name))
+    }
+}
+
+/// Which document list a GET asks for (athena.md §2d).
+#[derive(Debug, Clone, Copy)]
+enum DocumentList {
+    /// `GET /patients/{pid}/documents/{cls}`: one class, listed under `<cls>s`.
+    Class(DocClass),
+    /// The generic (older) `GET /patients/{pid}/documents`: every class, listed under `documents`, with the extra
+    /// `documentclass` and `startdate`/`enddate` filters.
+    Generic,
+}
+
+impl DocumentList {
+    fn key(self) -> &'static str {
+        match self {
+            Self::Class(class) => class.list_key(),
+            Self::Generic => "documents",
+        }
+    }
+}
+
+/// A calendar date as (year, month, day); tuples order chronologically.
+type CivilDate = (i64, u32, u32);
+
+/// The filters of a document list query, shared by the class-specific and the generic list.
+struct DocumentFilter {
+    /// `None` = every class.
+    classes: Option<Vec<DocClass>>,
+    subclasses: Option<Vec<String>>,
+    statuses: Option<Vec<String>>,
+    encounter: Option<String>,
+    show_deleted: bool,
+    /// Inclusive bounds on the document's created date (athena's local time); generic list only.
+    created_from: Option<CivilDate>,
+    created_to: Option<CivilDate>,
+}
+
+impl DocumentFilter {
+    fn parse(query: &Query, list: DocumentList) -> Result<Self, Refusal> {
+        let upper_list = |name: &str| -> Option<Vec<String>> {
+            query
+                .get(name)
+                .map(|v| v.split(',').map(|s| s.trim().to_ascii_uppercase()).filter(|s| !s.is_empty()).collect())
+        };
+        let mut filter = Self {
+            classes: None,
+            subclasses: upper_list("documentsubclass"),
+            statuses: upper_list("status"),
+            encounter: query.get("encounterid").map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned),
+            show_deleted: query.flag("showdeleted"),
+            created_from: None,
+            created_to: None,
+        };
+        match list {
+            DocumentList::Class(class) => filter.classes = Some(vec![class]),
+            DocumentList::Generic => {
+                if let Some(names) = upper_list("documentclass").filter(|names| !names.is_empty()) {
+                    let classes = names
+                        .iter()
+                        .map(|name| {
+                            DocClass::from_documentclass(name).ok_or_else(|| {
+                                refuse(invalid_data(&format!("Invalid documentclass '{}'.", clip(name))))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    filter.classes = Some(classes);
+                }
+                let date = |name: &str| -> Result<Option<CivilDate>, Refusal> {
+                    match query.get(name).map(str::trim).filter(|v| !v.is_empty()) {
+                        None => Ok(None),
+                        Some(v) => parse_date(v).map(Some).ok_or_else(|| {
+                            refuse(invalid_data(&format!("Expecting format date, but value is '{}'.", clip(v))))
+                        }),
+                    }
+                };
+                filter.created_from = date("startdate")?;
+                filter.created_to = date("enddate")?;
+            }
+        }
+        Ok(filter)
+    }
+
+    fn matches(&self, doc: &Document) -> bool {
+        let created = local_date(doc.created);
+        self.classes.as_ref().is_none_or(|classes| classes.contains(&doc.class))
+            && (self.show_deleted || doc.deleted.is_none())
+            && self.subclasses.as_ref().is_none_or(|list| list.contains(&doc.subclass))
+            && self.statuses.as_ref().is_none_or(|list| list.contains(&doc.status))
+            && self.encounter.as_deref().is_none_or(|e| doc.encounterid.as_deref() == Some(e))
+            && self.created_from.is_none_or(|from| created >= from)
+            && self.created_to.is_none_or(|to| created <= to)
     }
 }
 
@@ -795,12 +906,17 @@ impl State {
             ["patients", pid, "driverslicense"] => {
                 self.image_methods(pid, Slot::DriversLicense, &m, &query, &parts, body).await
             }
+            // athena's generic (older) list across classes; its generic create is not simulated.
+            ["patients", pid, "documents"] => match m {
+                Method::GET => self.list_documents(pid, DocumentList::Generic, &query, path),
+                _ => method_not_allowed("GET"),
+            },
             ["patients", pid, "documents", cls] => {
                 let Some(class) = DocClass::from_segment(cls) else {
                     return invalid_path();
                 };
                 match m {
-                    Method::GET => self.list_documents(pid, class, &query, path),
+                    Method::GET => self.list_documents(pid, DocumentList::Class(class), &query, path),
                     Method::POST => self.create_document(pid, class, &parts, body).await,
                     _ => method_not_allowed("GET, POST"),
                 }
@@ -1025,7 +1141,10 @@ impl State {
     // Documents
     // -----------------------------------------------------------------------------------------------------------
 
-    fn list_documents(&self, pid: &str, class: DocClass, query: &Query, path: &str) -> SimResponse {
+    /// Both document lists: the class-specific `GET /patients/{pid}/documents/{cls}` and the generic
+    /// `GET /patients/{pid}/documents`. Same checks (`departmentid` required), filters, paging and order (document id
+    /// ascending); they differ only in the list key and the generic list's extra filters.
+    fn list_documents(&self, pid: &str, list: DocumentList, query: &Query, path: &str) -> SimResponse {
         if let Err(response) = self.check_patient(pid) {
             return *response;
         }
@@ -1039,27 +1158,15 @@ impl State {
             Ok(paging) => paging,
             Err(response) => return *response,
         };
-        let show_deleted = query.flag("showdeleted");
-        let show_metadata = query.flag("showmetadata");
-        let upper_list = |name: &str| -> Option<Vec<String>> {
-            query
-                .get(name)
-                .map(|v| v.split(',').map(|s| s.trim().to_ascii_uppercase()).filter(|s| !s.is_empty()).collect())
+        let filter = match DocumentFilter::parse(query, list) {
+            Ok(filter) => filter,
+            Err(response) => return *response,
         };
-        let subclasses = upper_list("documentsubclass");
-        let statuses = upper_list("status");
-        let encounter = query.get("encounterid").map(str::trim).filter(|e| !e.is_empty());
+        let show_metadata = query.flag("showmetadata");
 
         let data = self.data();
-        let matches: Vec<&Document> = data
-            .documents
-            .values()
-            .filter(|doc| doc.class == class && doc.patient == pid)
-            .filter(|doc| show_deleted || doc.deleted.is_none())
-            .filter(|doc| subclasses.as_ref().is_none_or(|list| list.contains(&doc.subclass)))
-            .filter(|doc| statuses.as_ref().is_none_or(|list| list.contains(&doc.status)))
-            .filter(|doc| encounter.is_none_or(|e| doc.encounterid.as_deref() == Some(e)))
-            .collect();
+        let matches: Vec<&Document> =
+            data.documents.values().filter(|doc| doc.patient == pid && filter.matches(doc)).collect();
         let total = matches.len();
         let page: Vec<Value> = matches
             .iter()
@@ -1069,7 +1176,7 @@ impl State {
             .collect();
         drop(data);
         let mut body = Map::new();
-        body.insert(class.list_key().to_owned(), Value::Array(page));
+        body.insert(list.key().to_owned(), Value::Array(page));
         body.insert("totalcount".to_owned(), json!(total));
         let mut body = Value::Object(body);
         add_paging_links(&mut body, path, query, limit, offset, total);
@@ -1529,7 +1636,7 @@ impl Insurance {
     }
 }
 
-fn insurances() -> [Insurance; 3] {
+fn insurances() -> [Insurance; 4] {
     [
         Insurance {
             id: DEMO_PRIMARY_INSURANCE_ID,
@@ -1551,6 +1658,17 @@ fn insurances() -> [Insurance; 3] {
             member: "W987654321",
             eligibility: "Eligible",
             expiration: "06/30/2027",
+            cancelled: false,
+        },
+        Insurance {
+            id: DEMO_TERTIARY_INSURANCE_ID,
+            sequence: "3",
+            package: 46_004,
+            plan: "VSP VISION CARE",
+            kind: "Group Policy",
+            member: "VSP445566778",
+            eligibility: "Eligible",
+            expiration: "09/30/2027",
             cancelled: false,
         },
         Insurance {
@@ -1883,11 +2001,23 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// The calendar date of an instant in athena's (fixed Eastern) local time.
+fn local_date(secs: i64) -> CivilDate {
+    civil_from_days(secs.saturating_add(UTC_OFFSET_SECS).div_euclid(86_400))
+}
+
 /// `MM/DD/YYYY` in athena's (fixed Eastern) local time.
 fn fmt_date(secs: i64) -> String {
-    let local = secs.saturating_add(UTC_OFFSET_SECS);
-    let (y, m, d) = civil_from_days(local.div_euclid(86_400));
+    let (y, m, d) = local_date(secs);
     format!("{m:02}/{d:02}/{y:04}")
+}
+
+/// A request date in athena's `MM/DD/YYYY` format; `None` when it is malformed.
+fn parse_date(value: &str) -> Option<CivilDate> {
+    if !valid_date(value) {
+        return None;
+    }
+    Some((value.get(6..10)?.parse().ok()?, value.get(0..2)?.parse().ok()?, value.get(3..5)?.parse().ok()?))
 }
 
 /// ISO-8601 with offset, e.g. `2020-11-17T12:33:37-05:00`.
@@ -2220,14 +2350,15 @@ mod tests {
 
         let (status, body) = get(&http, &format!("{}/patients/1234/insurances", sim.base_url()), &token).await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(body["totalcount"], 2);
+        assert_eq!(body["totalcount"], 3);
         let primary = &body["insurances"][0];
         assert_eq!(primary["insuranceid"], DEMO_PRIMARY_INSURANCE_ID);
         assert_eq!(primary["sequencenumber"], "1");
         assert_eq!(body["insurances"][1]["insuranceid"], DEMO_SECONDARY_INSURANCE_ID);
+        assert_eq!(body["insurances"][2]["insuranceid"], DEMO_TERTIARY_INSURANCE_ID);
         let (_, body) =
             get(&http, &format!("{}/patients/1234/insurances?showcancelled=true", sim.base_url()), &token).await;
-        assert_eq!(body["totalcount"], 3);
+        assert_eq!(body["totalcount"], 4);
     }
 
     #[tokio::test]
@@ -2565,6 +2696,279 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
+    fn generic_docs_url(sim: &AthenaSimHandle) -> String {
+        format!("{}/patients/{DEMO_PATIENT_ID}/documents", sim.base_url())
+    }
+
+    /// `documentid`s of a generic list body, checking each item carries the string id and the integer class id.
+    fn generic_ids(body: &Value) -> Vec<u64> {
+        body["documents"]
+            .as_array()
+            .expect("documents array")
+            .iter()
+            .map(|doc| {
+                let id: u64 = doc["documentid"].as_str().expect("documentid is a string").parse().unwrap();
+                let class = DocClass::from_documentclass(doc["documentclass"].as_str().unwrap()).unwrap();
+                assert_eq!(doc[class.id_field()].as_u64(), Some(id), "{doc}");
+                id
+            })
+            .collect()
+    }
+
+    /// `MM/DD/YYYY` as a chronologically ordered tuple.
+    fn ymd(date: &str) -> (u32, u32, u32) {
+        let parts: Vec<u32> = date.split('/').map(|p| p.parse().unwrap()).collect();
+        (parts[2], parts[0], parts[1])
+    }
+
+    #[tokio::test]
+    async fn generic_document_list_filters_by_documentclass() {
+        let (sim, http) = start().await;
+        let token = token(&sim, &http).await;
+        let url = generic_docs_url(&sim);
+
+        let (status, body) =
+            get(&http, &format!("{url}?departmentid=1&documentclass=ADMIN,CLINICALDOCUMENT"), &token).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.get("admins").is_none());
+        let items = body["documents"].as_array().unwrap();
+        assert!(items.iter().all(|d| matches!(d["documentclass"].as_str(), Some("ADMIN" | "CLINICALDOCUMENT"))));
+        let mut expected = DEMO_ADMIN_DOCUMENT_IDS.to_vec();
+        expected.extend(DEMO_CLINICAL_DOCUMENT_IDS);
+        // Same order as the class-specific lists: document id ascending.
+        assert_eq!(generic_ids(&body), expected);
+        assert_eq!(body["totalcount"], expected.len());
+        assert!(items.iter().filter(|d| d["documentclass"] == "ADMIN").all(|d| d["priority"] == "2"));
+        assert!(items.iter().filter(|d| d["documentclass"] == "CLINICALDOCUMENT").all(|d| d["priority"] == 2));
+
+        // Class names are case-insensitive; without documentclass every class is listed.
+        let (_, body) = get(&http, &format!("{url}?departmentid=1&documentclass=imagingresult"), &token).await;
+        assert_eq!(generic_ids(&body), DEMO_IMAGING_RESULT_IDS.to_vec());
+        let (_, body) = get(&http, &format!("{url}?departmentid=1&showmetadata=true"), &token).await;
+        let all = generic_ids(&body);
+        assert_eq!(all.len(), 14);
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+        for id in [DEMO_MEDICAL_RECORD_ID, DEMO_ENCOUNTER_DOCUMENT_ID, DEMO_LAB_RESULT_ID] {
+            assert!(all.contains(&id), "{id}");
+        }
+        assert_eq!(body["documents"][0]["filetype"], "PDF");
+        // The shared filters work here too.
+        let (_, body) = get(&http, &format!("{url}?departmentid=1&encounterid=35"), &token).await;
+        assert_eq!(generic_ids(&body), vec![DEMO_ENCOUNTER_DOCUMENT_ID]);
+        let (_, body) =
+            get(&http, &format!("{url}?departmentid=1&documentsubclass=admin_insurancecard,LABRESULT"), &token).await;
+        assert_eq!(generic_ids(&body), vec![44987, 44991, DEMO_LAB_RESULT_ID]);
+
+        let (status, body) = get(&http, &format!("{url}?departmentid=1&documentclass=ADMIN,BOGUS"), &token).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"], "The data provided is invalid.");
+        assert!(body["detailedmessage"].as_str().unwrap().starts_with("Invalid documentclass 'BOGUS'"), "{body}");
+
+        // The generic create is not simulated.
+        let (status, _) = send_form(&http, Method::POST, &url, &token, &[("departmentid", "1")]).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn generic_document_list_filters_created_date_inclusively() {
+        let (sim, http) = start().await;
+        let token = token(&sim, &http).await;
+        let url = generic_docs_url(&sim);
+        let (_, body) = get(&http, &format!("{url}?departmentid=1"), &token).await;
+        let created: Vec<(u64, String)> = body["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (d["documentid"].as_str().unwrap().parse().unwrap(), d["createddate"].as_str().unwrap().to_owned())
+            })
+            .collect();
+        let mut dates: Vec<&str> = created.iter().map(|(_, date)| date.as_str()).collect();
+        dates.sort_by_key(|date| ymd(date));
+        dates.dedup();
+        assert!(dates.len() >= 5, "{dates:?}");
+        let within = |from: Option<&str>, to: Option<&str>| -> Vec<u64> {
+            created
+                .iter()
+                .filter(|(_, date)| from.is_none_or(|f| ymd(date) >= ymd(f)) && to.is_none_or(|t| ymd(date) <= ymd(t)))
+                .map(|(id, _)| *id)
+                .collect()
+        };
+
+        let (start, end) = (dates[1], dates[3]);
+        let (status, body) = get(&http, &format!("{url}?departmentid=1&startdate={start}&enddate={end}"), &token).await;
+        assert_eq!(status, StatusCode::OK);
+        let expected = within(Some(start), Some(end));
+        assert_eq!(expected.len(), 3, "both bounds are inclusive");
+        assert_eq!(generic_ids(&body), expected);
+        assert_eq!(body["totalcount"], expected.len());
+        for doc in body["documents"].as_array().unwrap() {
+            let date = ymd(doc["createddate"].as_str().unwrap());
+            assert!(date >= ymd(start) && date <= ymd(end));
+        }
+
+        // One bound at a time, and a single day.
+        let (_, body) = get(&http, &format!("{url}?departmentid=1&startdate={end}"), &token).await;
+        assert_eq!(generic_ids(&body), within(Some(end), None));
+        let (_, body) = get(&http, &format!("{url}?departmentid=1&enddate={start}"), &token).await;
+        assert_eq!(generic_ids(&body), within(None, Some(start)));
+        let (_, body) = get(&http, &format!("{url}?departmentid=1&startdate={start}&enddate={start}"), &token).await;
+        assert_eq!(generic_ids(&body), within(Some(start), Some(start)));
+        assert_eq!(body["totalcount"], 1);
+
+        // Dates must be MM/DD/YYYY.
+        for bad in ["startdate=2023-11-14", "enddate=14/11/2023", "startdate=11/14/23"] {
+            let (status, body) = get(&http, &format!("{url}?departmentid=1&{bad}"), &token).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(body["error"], "The data provided is invalid.");
+            let value = bad.split_once('=').unwrap().1;
+            assert_eq!(body["detailedmessage"], format!("Expecting format date, but value is '{value}'."));
+        }
+    }
+
+    #[tokio::test]
+    async fn generic_document_list_needs_a_valid_departmentid() {
+        let (sim, http) = start().await;
+        let token = token(&sim, &http).await;
+        let url = generic_docs_url(&sim);
+
+        let (status, body) = get(&http, &url, &token).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"], "Additional fields are required.");
+        assert_eq!(body["missingfields"], json!(["departmentid"]));
+        let (status, body) = get(&http, &format!("{url}?documentclass=ADMIN&departmentid="), &token).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["missingfields"], json!(["departmentid"]));
+        let (status, body) = get(&http, &format!("{url}?departmentid=2"), &token).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"], "The specified patient does not exist in that department.");
+        let (status, body) = get(&http, &format!("{url}?departmentid=77"), &token).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"], "Invalid departmentid.");
+        let (status, body) = get(&http, &format!("{url}?departmentid=abc"), &token).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"], "The data provided is invalid.");
+        let (status, _) =
+            get(&http, &format!("{}/patients/4321/documents?departmentid=1", sim.base_url()), &token).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn generic_document_list_pages_through_relative_next_links() {
+        let (sim, http) = start().await;
+        let token = token(&sim, &http).await;
+        let (_, body) = get(&http, &format!("{}?departmentid=1", generic_docs_url(&sim)), &token).await;
+        let all = generic_ids(&body);
+        assert!(body.get("next").is_none());
+
+        let mut url = format!("{}?departmentid=1&limit=2", generic_docs_url(&sim));
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            let (status, body) = get(&http, &url, &token).await;
+            assert_eq!(status, StatusCode::OK);
+            pages += 1;
+            assert_eq!(body["totalcount"], all.len());
+            let ids = generic_ids(&body);
+            assert!(!ids.is_empty() && ids.len() <= 2);
+            seen.extend(ids);
+            assert_eq!(body.get("previous").is_some(), pages > 1);
+            match body["next"].as_str() {
+                Some(next) => {
+                    assert!(next.starts_with("/v1/195900/patients/1234/documents?"), "{next}");
+                    assert!(next.contains("DEPARTMENTID=1") && next.contains("LIMIT=2"), "{next}");
+                    url = format!("{}{next}", sim.host_url());
+                }
+                None => break,
+            }
+            assert!(pages < 100, "next links never end");
+        }
+        assert_eq!(pages, all.len().div_ceil(2));
+        assert_eq!(seen, all);
+
+        // limit is capped at 10000; offset past the end is an empty page.
+        let (status, body) =
+            get(&http, &format!("{}?departmentid=1&limit=20000", generic_docs_url(&sim)), &token).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(generic_ids(&body), all);
+        let (_, body) = get(&http, &format!("{}?departmentid=1&offset=100", generic_docs_url(&sim)), &token).await;
+        assert!(generic_ids(&body).is_empty());
+        assert_eq!(body["totalcount"], all.len());
+    }
+
+    #[tokio::test]
+    async fn generic_document_list_shows_deleted_only_on_request() {
+        let (sim, http) = start().await;
+        let token = token(&sim, &http).await;
+        let url = generic_docs_url(&sim);
+
+        let (_, body) = get(&http, &format!("{url}?departmentid=1&documentclass=ADMIN"), &token).await;
+        assert_eq!(generic_ids(&body), DEMO_ADMIN_DOCUMENT_IDS.to_vec());
+        let (_, body) = get(&http, &format!("{url}?departmentid=1&documentclass=ADMIN&showdeleted=true"), &token).await;
+        let ids = generic_ids(&body);
+        assert!(ids.contains(&DEMO_DELETED_ADMIN_DOCUMENT_ID));
+        assert_eq!(ids.len(), DEMO_ADMIN_DOCUMENT_IDS.len() + 1);
+        let deleted = body["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["documentid"].as_str().and_then(|id| id.parse().ok()) == Some(DEMO_DELETED_ADMIN_DOCUMENT_ID))
+            .unwrap();
+        assert_eq!(deleted["status"], "DELETED");
+        assert!(deleted["deleteddatetime"].is_string());
+        let (_, body) = get(&http, &format!("{url}?departmentid=1&status=deleted&showdeleted=true"), &token).await;
+        assert_eq!(generic_ids(&body), vec![DEMO_DELETED_ADMIN_DOCUMENT_ID]);
+        let (_, body) = get(&http, &format!("{url}?departmentid=1&status=DELETED"), &token).await;
+        assert!(generic_ids(&body).is_empty());
+
+        // A document deleted through the API leaves the generic list too.
+        let doc_url = format!("{}/{}", docs_url(&sim, "clinicaldocument"), DEMO_CLINICAL_DOCUMENT_IDS[0]);
+        let (status, _) = json_of(http.delete(&doc_url).bearer_auth(&token).send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, body) = get(&http, &format!("{url}?departmentid=1&documentclass=CLINICALDOCUMENT"), &token).await;
+        assert_eq!(generic_ids(&body), vec![DEMO_CLINICAL_DOCUMENT_IDS[1]]);
+        let (_, body) =
+            get(&http, &format!("{url}?departmentid=1&documentclass=CLINICALDOCUMENT&showdeleted=true"), &token).await;
+        assert_eq!(generic_ids(&body), DEMO_CLINICAL_DOCUMENT_IDS.to_vec());
+    }
+
+    #[tokio::test]
+    async fn tertiary_insurance_is_active_without_a_card_image() {
+        let (sim, http) = start().await;
+        let token = token(&sim, &http).await;
+        let (status, body) = get(&http, &format!("{}/patients/1234/insurances", sim.base_url()), &token).await;
+        assert_eq!(status, StatusCode::OK);
+        let insurances = body["insurances"].as_array().unwrap();
+        let tertiary = insurances.iter().find(|i| i["insuranceid"] == DEMO_TERTIARY_INSURANCE_ID).expect("listed");
+        assert_eq!(tertiary["sequencenumber"], "3");
+        assert!(tertiary.get("cancelled").is_none());
+        assert!(insurances.iter().all(|i| i["insuranceid"] != DEMO_CANCELLED_INSURANCE_ID));
+
+        let url = format!("{}/patients/1234/insurances/{DEMO_TERTIARY_INSURANCE_ID}/image", sim.base_url());
+        assert_eq!(get(&http, &url, &token).await.0, StatusCode::NOT_FOUND);
+        let encoded = BASE64.encode(JPEG);
+        let (status, body) = send_form(&http, Method::POST, &url, &token, &[("image", &encoded)]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({"success": true}));
+        assert_eq!(get(&http, &url, &token).await, (StatusCode::OK, json!({"image": encoded})));
+    }
+
+    #[tokio::test]
+    async fn token_rate_limit_429_carries_retry_after() {
+        let config = AthenaSimConfig { token_limit_per_minute: 1, ..AthenaSimConfig::default() };
+        let sim = AthenaSim::start(config).await.expect("sim starts");
+        let http = http();
+        assert_eq!(token_request(&sim, &http).await.status(), StatusCode::OK);
+        for _ in 0..2 {
+            let r = token_request(&sim, &http).await;
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+            let retry_after: u64 = r.headers()[RETRY_AFTER].to_str().unwrap().parse().expect("whole seconds");
+            // The only slot frees a minute after the first token, which was minted moments ago.
+            assert!((50..=60).contains(&retry_after), "{retry_after}");
+        }
+        assert_eq!(sim.stats().tokens_refused_rate_limited, 2);
+    }
+
     #[tokio::test]
     async fn faults_fire_as_configured() {
         let (sim, http) = start().await;
@@ -2623,6 +3027,8 @@ mod tests {
             "/patients/1234/documents/admin?departmentid=1&offset=18446744073709551615&limit=10000",
             "/patients/1234/documents/admin/44987/pages/1",
             "/patients/1234/insurances?limit=-1",
+            "/patients/1234/documents?departmentid=1&startdate=%FF&documentclass=%00,,",
+            "/patients/1234/documents?departmentid=1&startdate=99/99/9999&enddate=00/00/0000",
             "/patients//",
             "/",
         ] {
