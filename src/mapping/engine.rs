@@ -577,6 +577,13 @@ impl<'m> Run<'m> {
                 format!("the upstream path of {} needs a value the request does not have", self.category.name),
             )
         })?;
+        // Values from the request end up in the path: they must not add segments, a query or escapes.
+        let unsafe_char = |c: char| matches!(c, '?' | '#' | '%' | '\\') || c.is_whitespace() || c.is_control();
+        if path.contains(unsafe_char) || path.split('/').any(|seg| seg == "." || seg == "..") {
+            return Err(GatewayError::invalid(
+                "an id or parameter of the request holds characters that cannot be part of an upstream path",
+            ));
+        }
         let mut query = Vec::new();
         for (k, t) in &step.query {
             if let Some(v) = t.render(scope).map_err(client_err)? {
@@ -775,7 +782,9 @@ impl<'m> Run<'m> {
                 Value::Null
             };
             self.accept(&each.step, response, &document)?;
-            let entry = normalize(self.mapping, self.category, &raw, &self.ctx, &self.vars)?;
+            // The entry is the per-entry answer (e.g. the image), read with the listed object's variables.
+            let vars = self.entry_vars(&raw)?;
+            let entry = normalize(self.mapping, self.category, &document, &self.ctx, &vars)?;
             if let Some(p) = self.pending.as_mut() {
                 p.kept.push(entry);
             }

@@ -62,6 +62,9 @@ fn refuse(response: SimResponse) -> Refusal {
 pub const DEMO_PRACTICE_ID: &str = "195900";
 /// The demo patient (BRIEF §5).
 pub const DEMO_PATIENT_ID: &str = "1234";
+/// A second patient, registered without a department or insurance (new registrations look like this), so
+/// defaults the gateway looks up (primary department, primary insurance) cannot be found.
+pub const UNASSIGNED_PATIENT_ID: &str = "1240";
 /// The demo patient's primary department.
 pub const DEMO_DEPARTMENT_ID: &str = "1";
 /// A department of the practice the demo patient is **not** registered in (documents there answer 400).
@@ -957,7 +960,7 @@ impl State {
     }
 
     fn check_patient(&self, pid: &str) -> Result<(), Refusal> {
-        if pid == DEMO_PATIENT_ID {
+        if pid == DEMO_PATIENT_ID || pid == UNASSIGNED_PATIENT_ID {
             Ok(())
         } else if pid.parse::<u64>().is_err() {
             Err(Box::new(invalid_data(&format!(
@@ -998,7 +1001,7 @@ impl State {
 
     fn check_insurance(&self, pid: &str, insuranceid: &str) -> Result<(), Refusal> {
         self.check_patient(pid)?;
-        if insurances().iter().any(|ins| ins.id == insuranceid) {
+        if pid == DEMO_PATIENT_ID && insurances().iter().any(|ins| ins.id == insuranceid) {
             Ok(())
         } else {
             Err(Box::new(athena_error(
@@ -1014,7 +1017,7 @@ impl State {
             return *response;
         }
         let mut patient = json!({
-            "patientid": DEMO_PATIENT_ID,
+            "patientid": pid,
             "firstname": "Jane",
             "lastname": "Sandbox",
             "sex": "F",
@@ -1027,6 +1030,12 @@ impl State {
             "countrycode3166": "US",
             "homephone": "6175551234",
         });
+        if pid == UNASSIGNED_PATIENT_ID {
+            for field in ["departmentid", "primarydepartmentid", "primaryproviderid"] {
+                patient.as_object_mut().map(|p| p.remove(field));
+            }
+            patient["firstname"] = json!("John");
+        }
         if !query.flag("omitphotoinformation") {
             let has_photo = self.data().images.contains_key(&(pid.to_owned(), Slot::Photo));
             patient["patientphoto"] = json!(if has_photo { "true" } else { "false" });
@@ -1047,8 +1056,12 @@ impl State {
             Err(response) => return *response,
         };
         let show_cancelled = query.flag("showcancelled");
-        let items: Vec<Value> =
-            insurances().iter().filter(|ins| show_cancelled || !ins.cancelled).map(Insurance::render).collect();
+        let own = pid == DEMO_PATIENT_ID;
+        let items: Vec<Value> = insurances()
+            .iter()
+            .filter(|ins| own && (show_cancelled || !ins.cancelled))
+            .map(Insurance::render)
+            .collect();
         let total = items.len();
         let page: Vec<Value> = items.into_iter().skip(offset).take(limit).collect();
         let mut body = json!({"insurances": page, "totalcount": total});

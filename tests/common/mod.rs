@@ -136,3 +136,66 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+pub const ATHENA_PATIENT: &str = "1234";
+
+/// The sandbox config with the athena demo organization (simulator) on an ephemeral port.
+pub fn athena_config(extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+mappings_dir = "{mappings}"
+[[clients]]
+name = "demo"
+token_sha256 = "{demo}"
+organizations = ["demo-athena"]
+[connections.demo-athena]
+ehr = "athena"
+simulator = true
+[[organizations]]
+id = "org-athena-demo"
+slug = "demo-athena"
+name = "athenahealth demo practice"
+connection = "demo-athena"
+mapping = "athena"
+{extra}
+"#,
+        mappings = mappings_dir(),
+        demo = token_hash(TOKEN),
+    )
+}
+
+pub fn athena_base(running: &Running) -> String {
+    format!("http://{}/organizations/demo-athena/fhir/4", running.addr)
+}
+
+/// Sends a JSON body with the demo token: `(status, headers, body)`.
+pub async fn send_json(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    content_type: &str,
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let r = client
+        .request(method, url)
+        .bearer_auth(TOKEN)
+        .header("content-type", content_type)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let bytes = r.bytes().await.unwrap();
+    (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// GETs raw bytes with the demo token: `(status, content type, bytes)`.
+pub async fn get_bytes(client: &reqwest::Client, url: &str) -> (u16, String, Vec<u8>) {
+    let r = client.get(url).bearer_auth(TOKEN).send().await.unwrap();
+    let status = r.status().as_u16();
+    let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    (status, ct, r.bytes().await.unwrap().to_vec())
+}

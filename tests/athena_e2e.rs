@@ -1,0 +1,463 @@
+//! athenahealth end to end: the real gateway over loopback HTTP in front of the athena simulator, through
+//! the front door, for every category: create, read with exact bytes, paged search, update and delete.
+
+mod common;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use common::*;
+use ehr_gateway::sim::athena::{AthenaSimHandle, UNASSIGNED_PATIENT_ID};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const FHIR: &str = "application/fhir+json";
+const XC: &str = "http://xcaliber-fhir/structureDefinition/";
+
+fn jpeg(tag: &str) -> Vec<u8> {
+    let mut bytes = include_bytes!("fixtures/pixel.jpg").to_vec();
+    // Different images of the same shape: athena stores what it is given (the tag sits before EOI).
+    let eoi = bytes.len() - 2;
+    bytes.splice(eoi..eoi, tag.bytes());
+    bytes
+}
+
+fn pdf(tag: &str) -> Vec<u8> {
+    format!("%PDF-1.4\n% {tag}\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n").into_bytes()
+}
+
+fn image_media(bytes: &[u8], extra: Value) -> Value {
+    let mut media = json!({
+        "resourceType": "Media",
+        "status": "completed",
+        "subject": {"reference": format!("Patient/{ATHENA_PATIENT}")},
+        "content": {"contentType": "image/jpeg", "data": BASE64.encode(bytes)}
+    });
+    if let (Some(m), Some(e)) = (media.as_object_mut(), extra.as_object()) {
+        m.extend(e.clone());
+    }
+    media
+}
+
+fn document_media(bytes: &[u8], subclass: Option<&str>) -> Value {
+    let mut media = json!({
+        "resourceType": "Media",
+        "status": "in-progress",
+        "subject": {"reference": format!("Patient/{ATHENA_PATIENT}")},
+        "operator": {"reference": "Practitioner/71"},
+        "createdDateTime": "2024-05-06T10:00:00Z",
+        "content": {"contentType": "application/pdf", "data": BASE64.encode(bytes), "title": "Scanned form"},
+        "extension": [
+            {"url": format!("{XC}priority"), "valueInteger": 2},
+            {"url": format!("{XC}internal-note"), "valueString": "filed by the gateway test"}
+        ]
+    });
+    if let Some(subclass) = subclass {
+        media["modality"] =
+            json!({"coding": [{"system": "https://docs.athenahealth.com/api/documentsubclass", "code": subclass}]});
+    }
+    media
+}
+
+fn extension<'a>(media: &'a Value, name: &str) -> Option<&'a Value> {
+    media["extension"].as_array()?.iter().find(|e| e["url"] == format!("{XC}{name}"))
+}
+
+async fn gateway() -> (ehr_gateway::server::Running, AthenaSimHandle, String, reqwest::Client) {
+    let gw = start_with(&athena_config("")).await;
+    let sim = gw.athena_sim("demo-athena").expect("athena simulator").clone();
+    let base = athena_base(&gw);
+    (gw, sim, base, http())
+}
+
+/// Every page of a search with `_count=1`, asserting each page holds at most one entry.
+async fn pages(client: &reqwest::Client, first: &str) -> (usize, Vec<String>) {
+    let mut ids = Vec::new();
+    let mut url = Some(first.to_string());
+    let mut count = 0;
+    while let Some(u) = url {
+        let (status, bundle) = get_json(client, &u).await;
+        assert_eq!(status, 200, "{bundle}");
+        let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
+        assert!(entries.len() <= 1, "{bundle}");
+        ids.extend(entries.iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()));
+        url = bundle["link"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+            .and_then(|l| l["url"].as_str().map(str::to_string));
+        count += 1;
+        assert!(count < 100, "paging does not end");
+    }
+    (count, ids)
+}
+
+#[tokio::test]
+async fn insurance_cards_create_read_bytes_page_update_and_delete() {
+    let (_gw, sim, base, client) = gateway().await;
+    // The secondary and tertiary insurances get cards; the primary has one from the seed.
+    let mut ids = Vec::new();
+    for (insurance, tag) in [("5679", "second"), ("5680", "third")] {
+        let media = image_media(&jpeg(tag), json!({"partOf": [{"reference": format!("Coverage/{insurance}")}]}));
+        let (status, headers, created) =
+            send_json(&client, Method::POST, &format!("{base}/Media?category=insurance-card"), FHIR, &media).await;
+        assert_eq!(status, 201, "{created}");
+        let id = format!("ic.195900.1234.{insurance}");
+        assert_eq!(created["id"], id);
+        assert_eq!(headers["location"], format!("{base}/Media/{id}").as_str());
+        assert_eq!(created["partOf"][0]["reference"], format!("Coverage/{insurance}"));
+        assert_eq!(created["content"]["contentType"], "image/jpeg");
+        let (status, content_type, bytes) = get_bytes(&client, created["content"]["url"].as_str().unwrap()).await;
+        assert_eq!((status, content_type.as_str()), (200, "image/jpeg"));
+        assert_eq!(bytes, jpeg(tag), "the content URL gives back exactly the uploaded image");
+        ids.push(id);
+    }
+    // Without partOf the card goes to the primary insurance (looked up, then cached).
+    let (status, _, primary) = send_json(
+        &client,
+        Method::POST,
+        &format!("{base}/Media"),
+        FHIR,
+        &image_media(
+            &jpeg("primary"),
+            json!({"extension": [{"url": format!("{XC}appointment-category"), "valueCode": "insurance-card"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{primary}");
+    assert_eq!(primary["id"], "ic.195900.1234.5678");
+
+    let (count, found) =
+        pages(&client, &format!("{base}/Media?patient=Patient/1234&category=insurance-card&_count=1")).await;
+    assert!(count >= 3, "three cards over three pages, got {count}");
+    assert_eq!(found, vec!["ic.195900.1234.5678", "ic.195900.1234.5679", "ic.195900.1234.5680"]);
+
+    // Update replaces the image in its slot.
+    let mut replacement = get_json(&client, &format!("{base}/Media/{}", ids[0])).await.1;
+    replacement["content"]["data"] = json!(BASE64.encode(jpeg("replaced")));
+    let (status, _, updated) =
+        send_json(&client, Method::PUT, &format!("{base}/Media/{}", ids[0]), FHIR, &replacement).await;
+    assert_eq!(status, 200, "{updated}");
+    let (_, _, bytes) = get_bytes(&client, &format!("{base}/Media/{}/$content", ids[0])).await;
+    assert_eq!(bytes, jpeg("replaced"));
+    // Moving the card to another insurance is not an update athena can do.
+    replacement["partOf"] = json!([{"reference": "Coverage/5680"}]);
+    let (status, _, outcome) =
+        send_json(&client, Method::PUT, &format!("{base}/Media/{}", ids[0]), FHIR, &replacement).await;
+    assert_eq!(status, 422, "{outcome}");
+    assert_eq!(outcome["issue"][0]["expression"][0], "Media.partOf");
+
+    let r = client.delete(format!("{base}/Media/{}", ids[1])).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, outcome) = get_json(&client, &format!("{base}/Media/{}", ids[1])).await;
+    assert_eq!(status, 404, "{outcome}");
+    assert_eq!(outcome["issue"][0]["code"], "not-found");
+    let stats = sim.stats();
+    assert_eq!(stats.token_requests, 1);
+    assert_eq!(stats.tokens_refused_rate_limited, 0);
+}
+
+#[tokio::test]
+async fn single_slot_images_create_read_bytes_search_update_and_delete() {
+    let (_gw, sim, base, client) = gateway().await;
+    for (category, kind) in [("prescription-card", "rx"), ("driver-license", "dl"), ("patient-photo", "ph")] {
+        let id = format!("{kind}.195900.1234");
+        let (status, _, created) = send_json(
+            &client,
+            Method::POST,
+            &format!("{base}/Media?category={category}"),
+            FHIR,
+            &image_media(&jpeg(category), json!({})),
+        )
+        .await;
+        assert_eq!(status, 201, "{category}: {created}");
+        assert_eq!(created["id"], id);
+        assert_eq!(extension(&created, "appointment-category").unwrap()["valueCode"], category);
+        let (status, _, bytes) = get_bytes(&client, &format!("{base}/Media/{id}/$content")).await;
+        assert_eq!(status, 200);
+        assert_eq!(bytes, jpeg(category), "{category}: exact bytes");
+
+        // One slot per patient: the search page holds it (paging cannot go beyond one entry).
+        let (count, found) = pages(&client, &format!("{base}/Media?patient=1234&category={category}&_count=1")).await;
+        assert_eq!((count, found), (1, vec![id.clone()]));
+
+        let mut replacement = created.clone();
+        replacement["content"]["data"] = json!(BASE64.encode(jpeg("new")));
+        let (status, _, updated) =
+            send_json(&client, Method::PUT, &format!("{base}/Media/{id}"), FHIR, &replacement).await;
+        assert_eq!(status, 200, "{updated}");
+        assert_eq!(get_bytes(&client, &format!("{base}/Media/{id}/$content")).await.2, jpeg("new"));
+
+        let r = client.delete(format!("{base}/Media/{id}")).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{category}");
+        assert_eq!(get_json(&client, &format!("{base}/Media/{id}")).await.0, 404);
+        let (_, bundle) = get_json(&client, &format!("{base}/Media?patient=1234&category={category}")).await;
+        assert!(bundle.get("entry").is_none(), "{bundle}");
+    }
+    assert_eq!(sim.stats().tokens_refused_rate_limited, 0);
+}
+
+#[tokio::test]
+async fn documents_of_every_class_create_read_page_update_and_soft_delete() {
+    let (_gw, sim, base, client) = gateway().await;
+    for (category, kind, subclass) in [
+        ("admin", "ad", Some("ADMIN_CONSENT")),
+        ("clinicaldocument", "cd", None),
+        ("imagingresult", "ir", None),
+        ("medicalrecord", "mr", Some("MEDICALRECORD_HISTORICAL")),
+    ] {
+        let mut created_ids = Vec::new();
+        for n in 0..2 {
+            let body = pdf(&format!("{category}-{n}"));
+            let (status, _, created) = send_json(
+                &client,
+                Method::POST,
+                &format!("{base}/Media?category={category}"),
+                FHIR,
+                &document_media(&body, subclass),
+            )
+            .await;
+            assert_eq!(status, 201, "{category}: {created}");
+            let id = created["id"].as_str().unwrap().to_string();
+            assert!(id.starts_with(&format!("{kind}.195900.1234.")), "{id}");
+            // Document reads carry athena's fields as extensions.
+            let (status, read) = get_json(&client, &format!("{base}/Media/{id}")).await;
+            assert_eq!(status, 200);
+            assert_eq!(read["status"], "in-progress");
+            assert_eq!(extension(&read, "priority").unwrap()["valueInteger"], 2);
+            assert_eq!(extension(&read, "internal-note").unwrap()["valueString"], "filed by the gateway test");
+            assert_eq!(extension(&read, "document-class").unwrap()["valueString"], category.to_uppercase());
+            assert_eq!(extension(&read, "department-id").unwrap()["valueString"], "1");
+            assert_eq!(extension(&read, "provider-id").unwrap()["valueString"], "71");
+            assert_eq!(extension(&read, "document-source").unwrap()["valueString"], "UPLOAD");
+            assert!(extension(&read, "last-modified-date-time").is_some());
+            assert_eq!(extension(&read, "file-size").unwrap()["valueInteger"], body.len());
+            assert_eq!(read["contained"][0]["resourceType"], "Media");
+            let original = extension(&read, "original-document").unwrap()["valueUrl"].as_str().unwrap();
+            let (status, content_type, bytes) = get_bytes(&client, original).await;
+            assert_eq!((status, content_type.as_str()), (200, "application/pdf"));
+            assert_eq!(bytes, body, "{category}: the original document comes back exactly");
+            let (status, _, page) = get_bytes(&client, read["content"]["url"].as_str().unwrap()).await;
+            assert_eq!((status, page), (200, body.clone()), "{category}: first page");
+            created_ids.push(id);
+        }
+        let search = format!("{base}/Media?patient=1234&category={category}&_count=1");
+        let (count, found) = pages(&client, &search).await;
+        assert!(count >= 3, "{category}: {count} pages");
+        assert!(created_ids.iter().all(|id| found.contains(id)), "{category}: {found:?}");
+        // `created` ranges become athena's startdate/enddate: only this test's documents are from today.
+        let today = &read_created(&client, &base, &created_ids[0]).await;
+        let (_, recent) = pages(&client, &format!("{search}&created=ge{today}&created=le{today}")).await;
+        assert_eq!(recent, created_ids, "{category}");
+
+        // Metadata update.
+        let id = &created_ids[0];
+        let (_, mut current) = get_json(&client, &format!("{base}/Media/{id}")).await;
+        for e in current["extension"].as_array_mut().unwrap() {
+            if e["url"] == format!("{XC}priority") {
+                e["valueInteger"] = json!(1);
+            }
+        }
+        let (status, _, updated) = send_json(&client, Method::PUT, &format!("{base}/Media/{id}"), FHIR, &current).await;
+        assert_eq!(status, 200, "{updated}");
+        assert_eq!(extension(&updated, "priority").unwrap()["valueInteger"], 1);
+        assert_eq!(
+            extension(&updated, "internal-note").unwrap()["valueString"],
+            "filed by the gateway test",
+            "an unchanged note is not sent again (athena would append it)"
+        );
+        // The same through PATCH.
+        let patch = json!([{"op": "replace", "path": "/operator/reference", "value": "Practitioner/72"}]);
+        let (status, _, patched) =
+            send_json(&client, Method::PATCH, &format!("{base}/Media/{id}"), "application/json-patch+json", &patch)
+                .await;
+        assert_eq!(status, 200, "{patched}");
+        assert_eq!(patched["operator"]["reference"], "Practitioner/72");
+        // The file is not something athena can change.
+        current["content"]["data"] = json!(BASE64.encode(pdf("other")));
+        let (status, _, outcome) = send_json(&client, Method::PUT, &format!("{base}/Media/{id}"), FHIR, &current).await;
+        assert_eq!(status, 422, "{outcome}");
+        assert_eq!(outcome["issue"][0]["code"], "business-rule");
+        assert_eq!(outcome["issue"][0]["expression"][0], "Media.content.data");
+        assert!(outcome["issue"][0]["diagnostics"].as_str().unwrap().contains("cannot replace a document's file"));
+
+        // Soft delete: reads show entered-in-error, searches leave it out unless asked for.
+        let r = client.delete(format!("{base}/Media/{id}")).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let (status, deleted) = get_json(&client, &format!("{base}/Media/{id}")).await;
+        assert_eq!((status, deleted["status"].as_str()), (200, Some("entered-in-error")));
+        assert!(extension(&deleted, "deleted-date-time").is_some());
+        let (_, remaining) = pages(&client, &search).await;
+        assert!(!remaining.contains(id), "{category}: deleted documents are not listed");
+        let (_, deleted_only) = pages(&client, &format!("{search}&status=entered-in-error")).await;
+        assert!(deleted_only.contains(id), "{category}: {deleted_only:?}");
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.creates, 8, "every document create reached athena exactly once");
+    assert_eq!(stats.token_requests, 1);
+    assert_eq!(stats.tokens_refused_rate_limited, 0);
+}
+
+async fn read_created(client: &reqwest::Client, base: &str, id: &str) -> String {
+    let (_, media) = get_json(client, &format!("{base}/Media/{id}")).await;
+    media["createdDateTime"].as_str().unwrap()[..10].to_string()
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_operation_outcome_naming_the_field() {
+    let (_gw, sim, base, client) = gateway().await;
+    let other = format!("Patient/{UNASSIGNED_PATIENT_ID}");
+    let cases: Vec<(&str, Method, String, Value, u16, &str, &str)> = vec![
+        (
+            "a card without a resolvable insurance",
+            Method::POST,
+            format!("{base}/Media?category=insurance-card"),
+            image_media(&jpeg("x"), json!({"subject": {"reference": other}})),
+            400,
+            "required",
+            "Media.partOf",
+        ),
+        (
+            "a card for an insurance the patient does not have",
+            Method::POST,
+            format!("{base}/Media?category=insurance-card"),
+            image_media(&jpeg("x"), json!({"partOf": [{"reference": "Coverage/9999"}]})),
+            422,
+            "business-rule",
+            "",
+        ),
+        (
+            "a PDF as an insurance card",
+            Method::POST,
+            format!("{base}/Media?category=insurance-card"),
+            {
+                let mut m = image_media(&pdf("card"), json!({}));
+                m["content"]["contentType"] = json!("application/pdf");
+                m
+            },
+            422,
+            "not-supported",
+            "Media.content.contentType",
+        ),
+        (
+            "an unknown category",
+            Method::POST,
+            format!("{base}/Media?category=x-rays"),
+            image_media(&jpeg("x"), json!({})),
+            400,
+            "invalid",
+            "category",
+        ),
+        (
+            "an admin document without a subclass (athena's missingfields)",
+            Method::POST,
+            format!("{base}/Media?category=admin"),
+            document_media(&pdf("x"), None),
+            400,
+            "required",
+            "Media.modality.coding.where(system='https://docs.athenahealth.com/api/documentsubclass').code",
+        ),
+        (
+            "a JPEG as a document",
+            Method::POST,
+            format!("{base}/Media?category=admin"),
+            {
+                let mut m = document_media(&jpeg("x"), Some("ADMIN_CONSENT"));
+                m["content"]["contentType"] = json!("image/jpeg");
+                m
+            },
+            422,
+            "not-supported",
+            "Media.content.contentType",
+        ),
+        (
+            "a document for a patient without a department",
+            Method::POST,
+            format!("{base}/Media?category=admin"),
+            {
+                let mut m = document_media(&pdf("x"), Some("ADMIN_CONSENT"));
+                m["subject"]["reference"] = json!(other);
+                m
+            },
+            400,
+            "required",
+            "Media.extension('http://xcaliber-fhir/structureDefinition/department-id')",
+        ),
+    ];
+    for (what, method, url, body, status, code, expression) in cases {
+        let (got, headers, outcome) = send_json(&client, method, &url, FHIR, &body).await;
+        assert_eq!(got, status, "{what}: {outcome}");
+        assert_eq!(headers["content-type"], "application/fhir+json", "{what}");
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{what}");
+        assert_eq!(outcome["issue"][0]["code"], code, "{what}: {outcome}");
+        if !expression.is_empty() {
+            assert_eq!(outcome["issue"][0]["expression"][0], expression, "{what}: {outcome}");
+        }
+        assert!(!outcome["issue"][0]["diagnostics"].as_str().unwrap_or("").is_empty(), "{what}");
+    }
+    let searches = [
+        (format!("{base}/Media?patient={UNASSIGNED_PATIENT_ID}&category=admin"), 400, "required", "departmentId"),
+        (format!("{base}/Media?patient=1234&category=admin&departmentId=2"), 422, "business-rule", ""),
+        (format!("{base}/Media?patient=1234&category=admin&departmentId=abc"), 400, "invalid", "departmentId"),
+        (format!("{base}/Media?category=admin"), 400, "required", "patient"),
+        (format!("{base}/Media?patient=1234&category=admin&created=yesterday"), 400, "invalid", ""),
+        (format!("{base}/Media?patient=1234&category=admin&status=stopped"), 400, "invalid", "status"),
+        (format!("{base}/Media?patient=1234&category=nope"), 400, "invalid", "category"),
+        (format!("{base}/Media/ad.195900.1234.44987/$content?page=../../x"), 400, "invalid", "page"),
+        (format!("{base}/Media/ad.195900.1234.44987/$content"), 400, "invalid", ""),
+        (format!("{base}/Media/ad.999999.1234.44987"), 404, "not-found", ""),
+    ];
+    for (url, status, code, expression) in searches {
+        let (got, outcome) = get_json(&client, &url).await;
+        assert_eq!(got, status, "{url}: {outcome}");
+        assert_eq!(outcome["issue"][0]["code"], code, "{url}: {outcome}");
+        if !expression.is_empty() {
+            assert_eq!(outcome["issue"][0]["expression"][0], expression, "{url}: {outcome}");
+        }
+    }
+    assert_eq!(sim.stats().creates, 0, "no bad input filed a document");
+    assert_eq!(sim.stats().tokens_refused_rate_limited, 0);
+}
+
+#[tokio::test]
+async fn two_hundred_cold_requests_make_one_token_request() {
+    // Gateway A runs the simulator; gateway B (cold) reaches it as a real athena connection.
+    let a = start_with(&athena_config("")).await;
+    let sim = a.athena_sim("demo-athena").unwrap().clone();
+    let config = athena_config("").replace(
+        "ehr = \"athena\"\nsimulator = true",
+        &format!(
+            "ehr = \"athena\"\nbase_url = \"{}\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = {{ env = \"EHRGW_TEST_ATHENA_SECRET\" }}\nparams = {{ practice = \"195900\" }}",
+            sim.base_url(),
+            sim.token_url(),
+            ehr_gateway::sim::athena::AthenaSimConfig::default().client_id
+        ),
+    );
+    // SAFETY of the test: only this test reads the variable.
+    unsafe {
+        std::env::set_var(
+            "EHRGW_TEST_ATHENA_SECRET",
+            ehr_gateway::sim::athena::AthenaSimConfig::default().client_secret,
+        )
+    };
+    let b = start_with(&config).await;
+    let base = athena_base(&b);
+    let client = http();
+    sim.reset_stats();
+    let reads = (0..200).map(|i| {
+        let client = client.clone();
+        let url = if i % 2 == 0 {
+            format!("{base}/Media/ic.195900.1234.5678")
+        } else {
+            format!("{base}/Media/ad.195900.1234.44987")
+        };
+        async move { get_json(&client, &url).await.0 }
+    });
+    let statuses = futures_util::future::join_all(reads).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let stats = sim.stats();
+    assert_eq!(stats.token_requests, 1, "200 cold requests share one token");
+    assert_eq!(stats.tokens_refused_rate_limited, 0);
+    // An expired token is refreshed once and the read succeeds.
+    sim.expire_all_tokens();
+    assert_eq!(get_json(&client, &format!("{base}/Media/ph.195900.1234")).await.0, 200);
+    assert_eq!(sim.stats().token_requests, 2);
+}
