@@ -352,8 +352,9 @@ pub async fn handle(state: Arc<AppState>, req: GatewayRequest) -> Result<Gateway
             let (_, resource) = read_fhir_body(req).await?;
             validate_resource(&resource)?;
             if category.update.is_none() {
-                return Err(engine::not_supported(&o.mapping, "update", Some(category))
-                    .with_allow(&category.instance_methods()));
+                return Err(
+                    engine::not_supported(&o.mapping, "update", Some(category)).with_allow(category.instance_methods())
+                );
             }
             match resource.get("id").and_then(Value::as_str) {
                 Some(body_id) if body_id == id => {}
@@ -374,7 +375,7 @@ pub async fn handle(state: Arc<AppState>, req: GatewayRequest) -> Result<Gateway
             let patch = check_patch_document(req).await?;
             if category.update.is_none() {
                 return Err(
-                    engine::not_supported(&o.mapping, "patch", Some(category)).with_allow(&category.instance_methods())
+                    engine::not_supported(&o.mapping, "patch", Some(category)).with_allow(category.instance_methods())
                 );
             }
             update(&state, &o, category, id, move |current| {
@@ -397,8 +398,9 @@ pub async fn handle(state: Arc<AppState>, req: GatewayRequest) -> Result<Gateway
             let o = org_ctx(&state, &req, org)?;
             let category = category_for(&o, id)?;
             if category.delete.is_none() {
-                return Err(engine::not_supported(&o.mapping, "delete", Some(category))
-                    .with_allow(&category.instance_methods()));
+                return Err(
+                    engine::not_supported(&o.mapping, "delete", Some(category)).with_allow(category.instance_methods())
+                );
             }
             let mut run = Run::delete(&o.mapping, category, id, o.context())?;
             match o.client.run(&mut run).await? {

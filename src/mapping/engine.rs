@@ -187,7 +187,7 @@ impl<'m> Run<'m> {
                 match expr.eval(&scope) {
                     Ok(Some(v)) => bound.push((name.clone(), v)),
                     Ok(None) => {}
-                    Err(e) => return Err(GatewayError::invalid(format!("{e}"))),
+                    Err(e) => return Err(GatewayError::invalid(e)),
                 }
             }
         }
