@@ -422,22 +422,18 @@ async fn two_hundred_cold_requests_make_one_token_request() {
     // Gateway A runs the simulator; gateway B (cold) reaches it as a real athena connection.
     let a = start_with(&athena_config("")).await;
     let sim = a.athena_sim("demo-athena").unwrap().clone();
+    let secret = std::env::temp_dir().join(format!("athena-secret-{}", std::process::id()));
+    std::fs::write(&secret, ehr_gateway::sim::athena::AthenaSimConfig::default().client_secret).unwrap();
     let config = athena_config("").replace(
         "ehr = \"athena\"\nsimulator = true",
         &format!(
-            "ehr = \"athena\"\nbase_url = \"{}\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = {{ env = \"EHRGW_TEST_ATHENA_SECRET\" }}\nparams = {{ practice = \"195900\" }}",
+            "ehr = \"athena\"\nbase_url = \"{}\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = {{ file = \"{}\" }}\nparams = {{ practice = \"195900\" }}",
             sim.base_url(),
             sim.token_url(),
-            ehr_gateway::sim::athena::AthenaSimConfig::default().client_id
+            ehr_gateway::sim::athena::AthenaSimConfig::default().client_id,
+            secret.display()
         ),
     );
-    // SAFETY of the test: only this test reads the variable.
-    unsafe {
-        std::env::set_var(
-            "EHRGW_TEST_ATHENA_SECRET",
-            ehr_gateway::sim::athena::AthenaSimConfig::default().client_secret,
-        )
-    };
     let b = start_with(&config).await;
     let base = athena_base(&b);
     let client = http();
@@ -460,4 +456,28 @@ async fn two_hundred_cold_requests_make_one_token_request() {
     sim.expire_all_tokens();
     assert_eq!(get_json(&client, &format!("{base}/Media/ph.195900.1234")).await.0, 200);
     assert_eq!(sim.stats().token_requests, 2);
+}
+
+#[tokio::test]
+async fn throttling_403s_are_retried_for_reads_and_reported_as_429_when_they_persist() {
+    use ehr_gateway::sim::athena::{Fault, FaultAction};
+    let (_gw, sim, base, client) = gateway().await;
+    let url = format!("{base}/Media/ph.195900.1234");
+    assert_eq!(get_json(&client, &url).await.0, 200);
+    // One "Developer Over Qps" 403: the read is sent again and succeeds.
+    sim.reset_stats();
+    sim.inject(Fault::new(FaultAction::Status(403)).with_path_prefix("/v1/"));
+    let (status, media) = get_json(&client, &url).await;
+    assert_eq!(status, 200, "{media}");
+    assert_eq!(sim.stats().requests, 2, "the throttled read was retried once");
+    // Throttled on every attempt: 429 throttled, after max_attempts (3) sends.
+    sim.reset_stats();
+    sim.inject(Fault::new(FaultAction::Status(403)).with_path_prefix("/v1/").repeat(10));
+    let r = client.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let outcome: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(outcome["issue"][0]["code"], "throttled");
+    assert_eq!(sim.stats().requests, 3);
+    sim.clear_faults();
 }

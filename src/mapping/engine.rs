@@ -127,6 +127,11 @@ pub struct Run<'m> {
     pending: Option<Pending>,
     /// What the last answered step bound (for the client's cache).
     last_bound: BTreeMap<String, Value>,
+    /// A create's `serialize_writes_by` (empty for every other interaction).
+    serialize_by: &'m [super::template::Expression],
+    /// The client error when no step applies to the request (a content URL without a known parameter);
+    /// otherwise that is a mapping defect.
+    nothing_applies: Option<String>,
 }
 
 fn mapping_error(mapping: &Mapping, message: String) -> GatewayError {
@@ -154,14 +159,28 @@ impl<'m> Run<'m> {
         mapping: &'m Mapping,
         category: &'m Category,
         steps: &'m [Step],
-        mut vars: BTreeMap<String, Value>,
+        vars: BTreeMap<String, Value>,
         input: Value,
         ctx: Context,
     ) -> Result<Self, GatewayError> {
+        let mut run = Run::assemble(mapping, category, steps, vars, input, ctx);
+        run.skip_inactive()?;
+        Ok(run)
+    }
+
+    /// A run at its first step, before steps that do not apply are skipped.
+    fn assemble(
+        mapping: &'m Mapping,
+        category: &'m Category,
+        steps: &'m [Step],
+        mut vars: BTreeMap<String, Value>,
+        input: Value,
+        ctx: Context,
+    ) -> Self {
         for (k, v) in ctx.params.iter().chain(&category.vars) {
             vars.entry(k.clone()).or_insert_with(|| Value::String(v.clone()));
         }
-        let mut run = Run {
+        Run {
             mapping,
             category,
             steps,
@@ -173,9 +192,9 @@ impl<'m> Run<'m> {
             wrote: false,
             pending: None,
             last_bound: BTreeMap::new(),
-        };
-        run.skip_inactive()?;
-        Ok(run)
+            serialize_by: &[],
+            nothing_applies: None,
+        }
     }
 
     /// Variables bound from the inbound resource by the interaction's `bind`.
@@ -205,6 +224,7 @@ impl<'m> Run<'m> {
         let interaction = category.create.as_ref().ok_or_else(|| not_supported(mapping, "create", Some(category)))?;
         run_checks(mapping, interaction, &resource, category)?;
         let mut run = Run::new(mapping, category, &interaction.steps, BTreeMap::new(), resource, ctx)?;
+        run.serialize_by = &interaction.serialize_writes_by;
         run.bind_input(interaction)?;
         Ok(run)
     }
@@ -304,14 +324,14 @@ impl<'m> Run<'m> {
         let input = Value::Object(input);
         run_checks(mapping, interaction, &input, category)?;
         let given = !params.is_empty();
-        Run::new(mapping, category, &interaction.steps, vars, input, ctx).map_err(|e| {
-            if interaction.params.is_empty() || e.status != StatusCode::BAD_GATEWAY {
-                return e;
-            }
+        let mut run = Run::assemble(mapping, category, &interaction.steps, vars, input, ctx);
+        if !interaction.params.is_empty() {
             let what = interaction.params.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(" or ");
             let why = if given { "these parameters name nothing to fetch" } else { "no parameter given" };
-            GatewayError::invalid(format!("this content URL needs {what} ({why}); use the URL from the Media"))
-        })
+            run.nothing_applies = Some(format!("this content URL needs {what} ({why}); use the URL from the Media"));
+        }
+        run.skip_inactive()?;
+        Ok(run)
     }
 
     /// A search with the given FHIR parameters, the raw `_count` (default and cap from the mapping) and,
@@ -451,12 +471,8 @@ impl<'m> Run<'m> {
 
     /// The key writes must be serialized by (first expression with a value), if any.
     pub fn serialize_key(&self) -> Option<String> {
-        let interaction: &Interaction = self.category.create.as_ref()?;
-        if !std::ptr::eq(self.steps, interaction.steps.as_slice()) {
-            return None;
-        }
         let scope = self.scope(&self.input, None);
-        interaction.serialize_writes_by.iter().find_map(|e| match e.eval(&scope).ok()?? {
+        self.serialize_by.iter().find_map(|e| match e.eval(&scope).ok()?? {
             Value::String(s) => Some(s),
             Value::Array(a) => a.first().and_then(|v| v.as_str().map(str::to_string)),
             other => Some(other.to_string()),
@@ -497,10 +513,12 @@ impl<'m> Run<'m> {
             self.index += 1;
         }
         if self.is_done() && self.pending.is_none() {
-            return Err(mapping_error(
-                self.mapping,
-                format!("no step of {} applies to this request", self.category.name),
-            ));
+            return Err(match &self.nothing_applies {
+                Some(message) => GatewayError::invalid(message.clone()),
+                None => {
+                    mapping_error(self.mapping, format!("no step of {} applies to this request", self.category.name))
+                }
+            });
         }
         Ok(())
     }

@@ -218,26 +218,7 @@ fn split_top_level(text: &str, sep: &str) -> Vec<String> {
 
 /// Splits on `|` that are outside brackets, quotes and parentheses (JSONPath filters may hold `||`).
 fn split_pipes(text: &str) -> Vec<String> {
-    let mut out = vec![String::new()];
-    let (mut depth, mut quote) = (0i32, None::<char>);
-    for c in text.chars() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '\'' | '"') => quote = Some(c),
-            (None, '[' | '(') => depth += 1,
-            (None, ']' | ')') => depth -= 1,
-            (None, '|') if depth == 0 => {
-                out.push(String::new());
-                continue;
-            }
-            _ => {}
-        }
-        if let Some(last) = out.last_mut() {
-            last.push(c);
-        }
-    }
-    out
+    split_top_level(text, "|")
 }
 
 /// `; did you mean `x`?` when a known name is close to the typed one.

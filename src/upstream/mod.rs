@@ -124,7 +124,7 @@ impl UpstreamClient {
             }),
             _ => None,
         };
-        let mut throttled_retries = 0;
+        let mut mapped_attempts = 0;
         let result = loop {
             let cache_key = run.cache_key();
             if let Some((key, _)) = &cache_key
@@ -151,19 +151,15 @@ impl UpstreamClient {
                         self.lookups.insert(key, Cached { bound: Arc::new(run.last_bound().clone()), expires });
                     }
                 }
-                // The mapping says this answer is worth retrying (e.g. athena's throttling 403), and
-                // the request may be sent twice: back off and send it again.
-                Err(e)
-                    if e.retryable
-                        && request.is_idempotent()
-                        && !(response.status == 429 || response.status >= 500)
-                        && throttled_retries + 1 < self.settings.max_attempts =>
-                {
-                    throttled_retries += 1;
-                    let outcome = retry::Attempt::Status { status: 429, retry_after: e.retry_after };
-                    match retry_delay(&outcome, true, throttled_retries, self.settings.max_attempts) {
+                // The mapping says this answer is worth retrying (e.g. athena's throttling 403) and the
+                // request may be sent twice: back off and send it again. (429 and 5xx were retried
+                // already by `execute`.)
+                Err(e) if e.retryable && !(response.status == 429 || response.status >= 500) => {
+                    mapped_attempts += 1;
+                    let outcome = retry::Attempt::Refused { retry_after: e.retry_after };
+                    match retry_delay(&outcome, request.is_idempotent(), mapped_attempts, self.settings.max_attempts) {
                         Some(delay) => {
-                            tracing::debug!(connection = %self.settings.name, status = response.status, "retrying a throttled upstream request");
+                            tracing::debug!(connection = %self.settings.name, status = response.status, "retrying an upstream answer the mapping marks retryable");
                             tokio::time::sleep(delay).await;
                         }
                         None => break run.recover(e),

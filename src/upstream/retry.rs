@@ -13,7 +13,14 @@ const BASE_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
-    Status { status: u16, retry_after: Option<Duration> },
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// An answer whose mapping error rule says retrying may help (e.g. athena's throttling 403).
+    Refused {
+        retry_after: Option<Duration>,
+    },
     Failed(TransportError),
 }
 
@@ -32,11 +39,15 @@ pub fn retry_delay(outcome: &Attempt, idempotent: bool, attempt: u32, max_attemp
         Attempt::Failed(TransportError::Connect) => Some(backoff()),
         Attempt::Failed(_) if idempotent => Some(backoff()),
         Attempt::Failed(_) => None,
-        Attempt::Status { status: 429 | 503, retry_after: Some(after) } if idempotent => {
+        Attempt::Status { status: 429 | 503, retry_after: Some(after) }
+        | Attempt::Refused { retry_after: Some(after) }
+            if idempotent =>
+        {
             (*after <= MAX_RETRY_AFTER).then_some(*after)
         }
+        Attempt::Refused { .. } if idempotent => Some(backoff()),
         Attempt::Status { status, .. } if idempotent && (*status == 429 || *status >= 500) => Some(backoff()),
-        Attempt::Status { .. } => None,
+        Attempt::Status { .. } | Attempt::Refused { .. } => None,
     }
 }
 
@@ -70,6 +81,15 @@ mod tests {
         assert!(retry_delay(&Attempt::Failed(TransportError::Timeout), false, 1, 3).is_none());
         assert!(retry_delay(&Attempt::Failed(TransportError::Broken), false, 1, 3).is_none());
         assert!(retry_delay(&Attempt::Failed(TransportError::Timeout), true, 1, 3).is_some());
+    }
+
+    #[test]
+    fn answers_a_mapping_marks_retryable_are_retried_for_idempotent_requests_only() {
+        let refused = Attempt::Refused { retry_after: Some(Duration::from_secs(1)) };
+        assert_eq!(retry_delay(&refused, true, 1, 3), Some(Duration::from_secs(1)));
+        assert_eq!(retry_delay(&refused, false, 1, 3), None);
+        assert_eq!(retry_delay(&refused, true, 3, 3), None);
+        assert!(retry_delay(&Attempt::Refused { retry_after: None }, true, 1, 3).is_some());
     }
 
     #[test]
