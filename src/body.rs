@@ -1,9 +1,10 @@
-//! The one HTTP body type used inside the gateway, and helpers to build and collect it.
+//! The one HTTP body type used inside the gateway, helpers to build it, and what a failed read means.
 
 use bytes::Bytes;
+use http::StatusCode;
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 
-use crate::error::BoxError;
+use crate::error::{BoxError, GatewayError, IssueCode};
 
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -21,4 +22,17 @@ where
     B::Error: Into<BoxError>,
 {
     body.map_err(Into::into).boxed_unsync()
+}
+
+/// Maps an error from reading a request body: the limit becomes 413, anything else a 400.
+pub fn body_error(error: &(dyn std::error::Error + 'static)) -> GatewayError {
+    if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+        GatewayError::client(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            IssueCode::TooLong,
+            "the request body is larger than the gateway's limit",
+        )
+    } else {
+        GatewayError::invalid("the request body could not be read completely")
+    }
 }

@@ -1,12 +1,12 @@
-//! The `ehr-gateway` command: serve, check mappings, run a simulator.
+//! The `ehr-gateway` command line: parses arguments and hands them to `ehr_gateway::commands`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ehr_gateway::config::{Config, DEFAULT_CONFIG};
-use ehr_gateway::mapping::{MappingSet, Severity, golden};
+use ehr_gateway::commands;
+use ehr_gateway::config::DEFAULT_CONFIG;
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +48,7 @@ enum Command {
         accept: bool,
     },
     /// Run an EHR simulator on its own.
+    #[cfg(feature = "sandbox")]
     Sim {
         #[command(subcommand)]
         ehr: SimCommand,
@@ -70,6 +71,7 @@ enum MappingsCommand {
     Schema,
 }
 
+#[cfg(feature = "sandbox")]
 #[derive(Subcommand)]
 enum SimCommand {
     /// The Canvas Medical simulator (token host, FHIR host, and a stand-in for S3).
@@ -97,108 +99,14 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve { config, listen, record } => {
-            let mut config = match Config::load(&config) {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            if let Some(addr) = listen {
-                config.server.listen = addr;
-            }
-            if record.is_some() {
-                config.record.dir = record;
-            }
-            ehr_gateway::logging::init(&config.server.log_format);
-            let running = match ehr_gateway::server::start(config).await {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            eprintln!("ehr-gateway serving on http://{} (Ctrl-C stops)", running.addr);
-            let _ = tokio::signal::ctrl_c().await;
-            running.shutdown();
-            ExitCode::SUCCESS
-        }
-        Command::Mappings { command: MappingsCommand::Check { dir } } => match MappingSet::load_dir(&dir) {
-            Ok(set) => {
-                for w in &set.warnings {
-                    println!("{w}");
-                }
-                println!(
-                    "{}: {} mapping(s) OK, {} warning(s) (version {})",
-                    dir.display(),
-                    set.mappings.len(),
-                    set.warnings.len(),
-                    set.version
-                );
-                ExitCode::SUCCESS
-            }
-            Err(diagnostics) => {
-                for d in &diagnostics {
-                    println!("{d}");
-                }
-                let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
-                println!("{}: {errors} error(s), {} warning(s)", dir.display(), diagnostics.len() - errors);
-                ExitCode::FAILURE
-            }
-        },
-        Command::Mappings { command: MappingsCommand::Test { dir } } => match MappingSet::load_dir(&dir) {
-            Ok(set) => {
-                let reports = golden::run_dir(&set, &dir);
-                print!("{}", golden::render(&reports, &dir));
-                let gaps = golden::coverage_gaps(&set, &reports);
-                for gap in &gaps {
-                    println!("missing: {gap}");
-                }
-                if reports.iter().all(|r| r.passed()) && gaps.is_empty() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                }
-            }
-            Err(diagnostics) => {
-                for d in &diagnostics {
-                    println!("{d}");
-                }
-                println!("the mappings do not load; fix them first (ehr-gateway mappings check)");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Mappings { command: MappingsCommand::Schema } => {
-            println!("{}", ehr_gateway::mapping::editor_schema());
-            ExitCode::SUCCESS
-        }
-        Command::Replay { dir, mappings, accept } => {
-            let mut stdout = std::io::stdout();
-            let reports = ehr_gateway::replay::replay_dir(&dir, &mappings, accept, &mut stdout).await;
-            if reports.is_empty() {
-                println!("no cassettes (*.json) under {}", dir.display());
-                return ExitCode::FAILURE;
-            }
-            if reports.iter().all(|r| r.problems.is_empty()) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
-        }
+        Command::Serve { config, listen, record } => commands::serve::run(&config, listen, record).await,
+        Command::Mappings { command: MappingsCommand::Check { dir } } => commands::mappings::check(&dir),
+        Command::Mappings { command: MappingsCommand::Test { dir } } => commands::mappings::test(&dir),
+        Command::Mappings { command: MappingsCommand::Schema } => commands::mappings::schema(),
+        Command::Replay { dir, mappings, accept } => commands::replay::run(&dir, &mappings, accept).await,
+        #[cfg(feature = "sandbox")]
         Command::Sim { ehr: SimCommand::Canvas { instance, fhir, s3 } } => {
-            ehr_gateway::logging::init("pretty");
-            let config = ehr_gateway::sim::canvas::CanvasSimConfig::default();
-            let (id, secret) = (config.client_id.clone(), config.client_secret.clone());
-            match ehr_gateway::sim::canvas::CanvasSim::start_on(config, instance, fhir, s3).await {
-                Ok(handle) => {
-                    println!("Canvas simulator: FHIR base {} token URL {}", handle.fhir_base(), handle.token_url());
-                    println!("demo client credentials: client_id={id} client_secret={secret}");
-                    let _ = tokio::signal::ctrl_c().await;
-                    handle.shutdown();
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("cannot start the Canvas simulator: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            commands::sim::canvas(instance, fhir, s3).await
         }
     }
 }

@@ -1,6 +1,8 @@
-//! FHIR R4 pieces the front door needs: OperationOutcome rendering, Media validation, content types.
+//! FHIR R4 pieces every layer may use: OperationOutcome rendering, Media validation, primitive formats,
+//! content types.
 
 pub mod outcome;
+pub mod primitive;
 pub mod validate;
 
 /// Media types the front door accepts for FHIR JSON bodies.

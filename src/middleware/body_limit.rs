@@ -43,19 +43,6 @@ pub fn too_large(limit: usize) -> GatewayError {
     )
 }
 
-/// Maps an error from reading a request body: the limit becomes 413, anything else a 400.
-pub fn body_error(error: &(dyn std::error::Error + 'static)) -> GatewayError {
-    if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-        GatewayError::client(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            IssueCode::TooLong,
-            "the request body is larger than the gateway's limit",
-        )
-    } else {
-        GatewayError::invalid("the request body could not be read completely")
-    }
-}
-
 impl<S> Service<GatewayRequest> for BodyLimit<S>
 where
     S: Service<GatewayRequest, Response = GatewayResponse, Error = GatewayError>,

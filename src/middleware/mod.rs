@@ -17,14 +17,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
 use pin_project_lite::pin_project;
 
-use crate::body::Body;
 use crate::error::GatewayError;
-
-pub type GatewayRequest = Request<Body>;
-pub type GatewayResponse = Response<Body>;
+pub use crate::request::{GatewayRequest, GatewayResponse};
 
 pin_project! {
     /// Response future of the middlewares that either reject a request up front or pass it on unchanged.
@@ -65,6 +61,8 @@ pub(crate) mod testing {
     //! A scripted inner service for middleware tests: records what reached it and answers 200.
     use std::sync::{Arc, Mutex};
 
+    use http::{Request, Response};
+
     use super::*;
     use crate::body;
 
@@ -84,11 +82,7 @@ pub(crate) mod testing {
                 async move {
                     let (parts, body) = req.into_parts();
                     use http_body_util::BodyExt;
-                    let bytes = body
-                        .collect()
-                        .await
-                        .map_err(|e| crate::middleware::body_limit::body_error(e.as_ref()))?
-                        .to_bytes();
+                    let bytes = body.collect().await.map_err(|e| crate::body::body_error(e.as_ref()))?.to_bytes();
                     seen.lock().unwrap().push(parts);
                     Ok::<_, GatewayError>(Response::new(body::full(bytes)))
                 }

@@ -14,9 +14,7 @@ use super::{GatewayRequest, GatewayResponse};
 
 pub const X_REQUEST_ID: &str = "x-request-id";
 
-/// The request's id, available to every inner layer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub String);
+pub use crate::request::RequestId;
 
 #[derive(Debug, Clone, Default)]
 pub struct RequestIdLayer;

@@ -13,7 +13,7 @@ use tracing::{Instrument, Span, instrument::Instrumented};
 use super::request_id::RequestId;
 use super::{GatewayRequest, GatewayResponse};
 use crate::error::GatewayError;
-use crate::frontdoor::Route;
+use crate::request::Route;
 
 #[derive(Debug, Clone, Default)]
 pub struct TraceLayer;

@@ -1,5 +1,15 @@
-//! The cassette format: one front-door exchange and every upstream exchange it caused, as pretty JSON
-//! (diff-friendly: sorted keys, one field a line). Documented in docs/replay.md.
+//! Cassettes for replay tests: the format (one front-door exchange and every upstream exchange it
+//! caused, as pretty JSON — diff-friendly: sorted keys, one field a line; documented in docs/replay.md),
+//! redaction, the recording tap and recorder, and the transport that answers from a cassette.
+//!
+//! This sits above `upstream` (it wraps and implements its `Transport`) and below `state`; what runs a
+//! request through the front door while recording is the front door's (`frontdoor::record`), and
+//! replaying a folder is a command (`replay`).
+
+pub mod recorder;
+pub mod redact;
+pub mod replay_transport;
+pub mod tap;
 
 use std::collections::BTreeMap;
 

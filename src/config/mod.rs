@@ -12,6 +12,12 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
+mod redaction;
+mod secret;
+
+pub use redaction::{CompiledRedaction, RedactionPolicy, SANDBOX_PSEUDONYM_KEY};
+pub use secret::{Secret, SecretRef};
+
 pub const DEFAULT_CONFIG: &str = "config/default.toml";
 pub const DEFAULT_BODY_LIMIT: u64 = 32 * 1024 * 1024;
 
@@ -76,56 +82,6 @@ pub struct ClientConfig {
     pub token_sha256: String,
     /// Organization ids or slugs this client may use.
     pub organizations: Vec<String>,
-}
-
-/// Where a secret comes from. Secrets are never written in config files.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct SecretRef {
-    #[serde(default)]
-    pub env: Option<String>,
-    #[serde(default)]
-    pub file: Option<PathBuf>,
-}
-
-impl fmt::Debug for SecretRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Names of variables and files are not secret, but keep Debug uniform with `Secret`.
-        f.debug_struct("SecretRef").field("env", &self.env).field("file", &self.file).finish()
-    }
-}
-
-/// A resolved secret value; `Debug` and `Display` redact it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl SecretRef {
-    pub fn resolve(&self) -> Result<Secret, String> {
-        match (&self.env, &self.file) {
-            (Some(var), None) => {
-                std::env::var(var).map(Secret).map_err(|_| format!("environment variable `{var}` is not set"))
-            }
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map(|s| Secret(s.trim_end_matches(['\r', '\n']).to_string()))
-                .map_err(|e| format!("cannot read secret file `{}`: {e}", path.display())),
-            _ => Err("a secret needs exactly one of `env` or `file`".into()),
-        }
-    }
 }
 
 /// How the gateway reaches one EHR tenant.
@@ -199,7 +155,7 @@ pub struct RecordConfig {
     #[serde(default)]
     pub dir: Option<PathBuf>,
     #[serde(default)]
-    pub redact: crate::replay::redact::RedactionPolicy,
+    pub redact: RedactionPolicy,
 }
 
 /// The validated configuration.
@@ -230,6 +186,11 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 pub const KNOWN_EHRS: &[&str] = &["canvas", "athena"];
+
+/// Why a production build refuses `simulator = true`.
+pub const NO_SIMULATORS: &str = "`simulator = true` needs the in-process EHR simulators, and this binary was built \
+     without them (the `sandbox` feature is off); give the connection base_url, token_url, client_id and \
+     client_secret of the real EHR, or run a default build (`cargo build --release`) for sandbox mode";
 
 impl Config {
     /// Loads `path` and applies `EHRGW_` environment overrides (`EHRGW_SERVER__LISTEN=…`).
@@ -312,7 +273,7 @@ impl Config {
         if self.server.request_timeout_ms == 0 {
             problems.push(format!("{src}: server.request_timeout_ms must be greater than 0"));
         }
-        if let Err(e) = crate::replay::redact::Redactor::new(self.record.redact.clone()) {
+        if let Err(e) = self.record.redact.clone().compile() {
             problems.push(format!("{src}: {e}"));
         }
         if !matches!(self.server.log_format.as_str(), "json" | "pretty") {
@@ -324,6 +285,8 @@ impl Config {
                 problems.push(format!("{at}.ehr: unknown EHR `{}`; supported: {}", c.ehr, KNOWN_EHRS.join(", ")));
             }
             if c.simulator {
+                #[cfg(not(feature = "sandbox"))]
+                problems.push(format!("{at}.simulator: {NO_SIMULATORS}"));
                 continue;
             }
             for (field, value) in [("base_url", &c.base_url), ("token_url", &c.token_url), ("client_id", &c.client_id)]

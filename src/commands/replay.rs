@@ -1,24 +1,38 @@
-//! Replay tests: recording front-door exchanges with their upstream exchanges as redacted cassettes,
-//! and replaying them through the current mappings without calling an EHR.
-
-pub mod cassette;
-pub mod record;
-pub mod redact;
-pub mod transport;
+//! `ehr-gateway replay DIR`: replays recorded cassettes through the current mappings without calling an
+//! EHR — each cassette's front-door request runs through a gateway whose connection is answered by the
+//! cassette's upstream exchanges — and reports, or with `--accept` rewrites, what changed.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+use crate::cassette::replay_transport::ReplayTransport;
+use crate::cassette::{Cassette, RecordedBody, RecordedResponse};
 use crate::config::{Config, token_hash};
-use cassette::{Cassette, RecordedBody, RecordedResponse};
-use transport::ReplayTransport;
 
 const REPLAY_TOKEN: &str = "replay-client-token";
+
+/// Runs the command: exit 1 when there are no cassettes or any regressed.
+pub async fn run(dir: &Path, mappings: &Path, accept: bool) -> ExitCode {
+    // The replayed connection stands in for the sandbox connection the cassettes were recorded from,
+    // with the facts its simulator stands for (athena's demo practice).
+    if cfg!(not(feature = "sandbox")) {
+        println!("replay needs the sandbox build: this binary was built without the `sandbox` feature");
+        return ExitCode::FAILURE;
+    }
+    let mut stdout = std::io::stdout();
+    let reports = replay_dir(dir, mappings, accept, &mut stdout).await;
+    if reports.is_empty() {
+        println!("no cassettes (*.json) under {}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    if reports.iter().all(|r| r.problems.is_empty()) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
 
 /// The outcome of replaying one cassette.
 #[derive(Debug)]

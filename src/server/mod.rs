@@ -1,7 +1,14 @@
-//! Builds the gateway from a validated config — simulators for sandbox connections, upstream clients,
-//! the mapping set, the tower stack — and serves it over HTTP/1.1 with hyper.
+//! The composition root: builds the gateway from a validated config — simulators for sandbox
+//! connections, upstream clients, the mapping set, the tower stack — and serves it over HTTP/1.1 with
+//! hyper. It may use every module; only the commands use it.
 
-use std::collections::{BTreeMap, HashMap};
+#[cfg(feature = "sandbox")]
+pub mod sandbox;
+#[cfg(not(feature = "sandbox"))]
+#[path = "no_sandbox.rs"]
+pub mod sandbox;
+
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +23,10 @@ use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::body;
+use crate::cassette::recorder::Recorder;
+use crate::cassette::redact::Redactor;
+use crate::cassette::replay_transport::{INJECTED_BASE_URL, INJECTED_TOKEN_URL};
+use crate::cassette::tap::RecordingTransport;
 use crate::config::{Config, Secret};
 use crate::mapping::{MappingRegistry, MappingSet};
 use crate::middleware::auth::AuthLayer;
@@ -26,12 +37,8 @@ use crate::middleware::organization::OrganizationLayer;
 use crate::middleware::request_id::RequestIdLayer;
 use crate::middleware::timeout::TimeoutLayer;
 use crate::middleware::trace::TraceLayer;
-use crate::middleware::{GatewayRequest, GatewayResponse};
-use crate::reload::Reloader;
-use crate::replay::record::{Recorder, RecordingTransport};
-use crate::replay::redact::Redactor;
-use crate::sim::athena::{AthenaSim, AthenaSimConfig, AthenaSimHandle};
-use crate::sim::canvas::{CanvasSim, CanvasSimConfig, CanvasSimHandle};
+use crate::request::{GatewayRequest, GatewayResponse};
+use crate::state::reload::{self, Reloader};
 use crate::state::{AppState, CreatedLog, Directory};
 use crate::upstream::token::{TokenCache, TokenSource};
 use crate::upstream::transport::{ReqwestTransport, Transport};
@@ -39,56 +46,42 @@ use crate::upstream::{ClientSettings, UpstreamClient};
 
 pub type GatewayService = BoxCloneService<GatewayRequest, GatewayResponse, Infallible>;
 
-/// A simulator started for a sandbox connection.
-#[derive(Clone)]
-pub enum Simulator {
-    Canvas(CanvasSimHandle),
-    Athena(AthenaSimHandle),
-}
+pub use sandbox::Sandbox;
 
-/// The connection params a sandbox simulator stands for (its demo practice, …).
-fn simulator_params(ehr: &str) -> BTreeMap<String, String> {
-    match ehr {
-        "athena" => [("practice".to_string(), crate::sim::athena::DEMO_PRACTICE_ID.to_string())].into(),
-        _ => BTreeMap::new(),
-    }
+/// Where a sandbox simulator listens and the credentials it accepts.
+pub struct SimulatorEndpoint {
+    pub base_url: String,
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
 }
 
 /// A running gateway.
 pub struct Running {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
-    /// Simulators by connection name.
-    pub simulators: HashMap<String, Simulator>,
+    /// The simulators of sandbox connections.
+    pub sandbox: Sandbox,
     shutdown: watch::Sender<bool>,
     /// Keeps the mapping folder watcher alive.
     _watcher: Box<dyn Send>,
 }
 
 impl Running {
-    pub fn canvas_sim(&self, connection: &str) -> Option<&CanvasSimHandle> {
-        match self.simulators.get(connection)? {
-            Simulator::Canvas(h) => Some(h),
-            _ => None,
-        }
+    #[cfg(feature = "sandbox")]
+    pub fn canvas_sim(&self, connection: &str) -> Option<&crate::sim::canvas::CanvasSimHandle> {
+        self.sandbox.canvas(connection)
     }
 
-    pub fn athena_sim(&self, connection: &str) -> Option<&AthenaSimHandle> {
-        match self.simulators.get(connection)? {
-            Simulator::Athena(h) => Some(h),
-            _ => None,
-        }
+    #[cfg(feature = "sandbox")]
+    pub fn athena_sim(&self, connection: &str) -> Option<&crate::sim::athena::AthenaSimHandle> {
+        self.sandbox.athena(connection)
     }
 
     /// Stops accepting connections and stops the simulators.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        for sim in self.simulators.values() {
-            match sim {
-                Simulator::Canvas(h) => h.shutdown(),
-                Simulator::Athena(h) => h.shutdown(),
-            }
-        }
+        self.sandbox.shutdown();
     }
 }
 
@@ -106,7 +99,7 @@ pub fn build_service(state: Arc<AppState>) -> GatewayService {
         let state = router_state.clone();
         async move {
             match state.recorder.clone() {
-                Some(recorder) => crate::replay::record::handle_recorded(recorder, state, req).await,
+                Some(recorder) => crate::frontdoor::record::handle_recorded(recorder, state, req).await,
                 None => crate::frontdoor::handle(state, req).await,
             }
         }
@@ -125,30 +118,26 @@ pub fn build_service(state: Arc<AppState>) -> GatewayService {
 }
 
 /// Builds the state: starts simulators, creates one upstream client per connection, loads mappings.
-pub async fn build_state(config: Config) -> Result<(Arc<AppState>, HashMap<String, Simulator>), String> {
+pub async fn build_state(config: Config) -> Result<(Arc<AppState>, Sandbox), String> {
     build_state_with(config, None).await
 }
-
-/// Where replayed connections point; the replay transport answers both.
-pub const INJECTED_BASE_URL: &str = "http://upstream.replay.invalid";
-pub const INJECTED_TOKEN_URL: &str = "http://upstream.replay.invalid/oauth2/token";
 
 /// Like `build_state`, but with `injected` every connection uses that transport instead of the network
 /// or a simulator (replay).
 pub async fn build_state_with(
     config: Config,
     injected: Option<Arc<dyn Transport>>,
-) -> Result<(Arc<AppState>, HashMap<String, Simulator>), String> {
+) -> Result<(Arc<AppState>, Sandbox), String> {
     let set = MappingSet::load_dir(&config.server.mappings_dir).map_err(|diagnostics| {
         let lines: Vec<String> = diagnostics.iter().map(|d| format!("  - {d}")).collect();
         format!("mapping set has {} problem(s):\n{}", diagnostics.len(), lines.join("\n"))
     })?;
-    let problems = crate::reload::fit_problems(&config, &set);
+    let problems = reload::fit_problems(&config, &set);
     if !problems.is_empty() {
         return Err(format!("configuration does not fit the mappings:\n  - {}", problems.join("\n  - ")));
     }
 
-    let mut simulators = HashMap::new();
+    let mut sandbox = Sandbox::default();
     let mut clients = HashMap::new();
     for (name, conn) in &config.connections {
         let mapping = set
@@ -159,31 +148,8 @@ pub async fn build_state_with(
         let (base_url, token_url, client_id, client_secret) = if injected.is_some() {
             (INJECTED_BASE_URL.to_string(), INJECTED_TOKEN_URL.to_string(), "replay".to_string(), Secret::new("replay"))
         } else if conn.simulator {
-            match conn.ehr.as_str() {
-                "canvas" => {
-                    let sim_config = CanvasSimConfig::default();
-                    let (id, secret) = (sim_config.client_id.clone(), sim_config.client_secret.clone());
-                    let handle = CanvasSim::start(sim_config)
-                        .await
-                        .map_err(|e| format!("cannot start the Canvas simulator: {e}"))?;
-                    tracing::info!(connection = %name, fhir_base = %handle.fhir_base(), "started Canvas simulator");
-                    let urls = (handle.fhir_base(), handle.token_url());
-                    simulators.insert(name.clone(), Simulator::Canvas(handle));
-                    (urls.0, urls.1, id, Secret::new(secret))
-                }
-                "athena" => {
-                    let sim_config = AthenaSimConfig::default();
-                    let (id, secret) = (sim_config.client_id.clone(), sim_config.client_secret.clone());
-                    let handle = AthenaSim::start(sim_config)
-                        .await
-                        .map_err(|e| format!("cannot start the athenahealth simulator: {e}"))?;
-                    tracing::info!(connection = %name, base_url = %handle.base_url(), "started athenahealth simulator");
-                    let urls = (handle.base_url(), handle.token_url());
-                    simulators.insert(name.clone(), Simulator::Athena(handle));
-                    (urls.0, urls.1, id, Secret::new(secret))
-                }
-                other => return Err(format!("no simulator for EHR `{other}`")),
-            }
+            let started = sandbox.start(name, &conn.ehr).await?;
+            (started.base_url, started.token_url, started.client_id, started.client_secret)
         } else {
             let secret = conn.client_secret.as_ref().ok_or("client_secret missing")?.resolve()?;
             (
@@ -227,7 +193,7 @@ pub async fn build_state_with(
             params: {
                 let mut params = conn.params.clone();
                 if conn.simulator {
-                    params.extend(simulator_params(&conn.ehr));
+                    params.extend(sandbox::simulator_params(&conn.ehr));
                 }
                 params
             },
@@ -261,7 +227,7 @@ pub async fn build_state_with(
         created: CreatedLog::default(),
         config,
     };
-    Ok((Arc::new(state), simulators))
+    Ok((Arc::new(state), sandbox))
 }
 
 type CallFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<GatewayResponse, Infallible>> + Send>>;
@@ -280,8 +246,8 @@ pub async fn start(mut config: Config) -> Result<Running, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     // With port 0 the real port is known only now; links must use it.
     config.server.listen = addr;
-    let (state, simulators) = build_state(config).await?;
-    let watcher = crate::reload::spawn(state.reloader.clone(), Duration::from_millis(200))?;
+    let (state, sandbox) = build_state(config).await?;
+    let watcher = reload::spawn(state.reloader.clone(), Duration::from_millis(200))?;
     let service = build_service(state.clone());
     let (shutdown, mut stop) = watch::channel(false);
     tokio::spawn(async move {
@@ -302,5 +268,5 @@ pub async fn start(mut config: Config) -> Result<Running, String> {
         }
     });
     tracing::info!(%addr, "ehr-gateway listening");
-    Ok(Running { addr, state, simulators, shutdown, _watcher: Box::new(watcher) })
+    Ok(Running { addr, state, sandbox, shutdown, _watcher: Box::new(watcher) })
 }

@@ -8,11 +8,14 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::cassette::{RecordedRequest, UpstreamExchange};
-use super::record::recorded_upstream_request;
+use super::tap::recorded_upstream_request;
+use super::{RecordedRequest, UpstreamExchange};
 use crate::mapping::engine::UpstreamResponse;
-use crate::server::{INJECTED_BASE_URL, INJECTED_TOKEN_URL};
 use crate::upstream::transport::{BoxFuture, HttpRequest, StreamingResponse, Transport, TransportError};
+
+/// Where replayed connections point; the replay transport answers both.
+pub const INJECTED_BASE_URL: &str = "http://upstream.replay.invalid";
+pub const INJECTED_TOKEN_URL: &str = "http://upstream.replay.invalid/oauth2/token";
 
 pub struct ReplayTransport {
     exchanges: Vec<UpstreamExchange>,
@@ -141,9 +144,7 @@ pub fn differences(recorded: &RecordedRequest, actual: &RecordedRequest) -> Vec<
     }
     if recorded.body.digest() != actual.body.digest() {
         let mut body_diff = Vec::new();
-        if let (super::cassette::RecordedBody::Json(r), super::cassette::RecordedBody::Json(a)) =
-            (&recorded.body, &actual.body)
-        {
+        if let (super::RecordedBody::Json(r), super::RecordedBody::Json(a)) = (&recorded.body, &actual.body) {
             crate::mapping::golden::diff("body", r, a, &mut body_diff);
         }
         if body_diff.is_empty() {

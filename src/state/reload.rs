@@ -14,6 +14,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use serde_json::{Value, json};
 
 use crate::config::Config;
+use crate::fhir::primitive::rfc3339;
 use crate::mapping::{MappingRegistry, MappingSet};
 
 /// Organizations whose mapping is missing from `set` or made for another EHR than their connection.
@@ -136,7 +137,7 @@ impl Reloader {
         let set = self.registry.snapshot();
         let last = self.last().map(|o| {
             json!({
-                "at": crate::frontdoor::rfc3339(o.at),
+                "at": rfc3339(o.at),
                 "trigger": o.trigger,
                 "outcome": if o.accepted { "accepted" } else { "rejected" },
                 "version": o.version,
@@ -146,7 +147,7 @@ impl Reloader {
         json!({
             "active": {
                 "version": set.version,
-                "loaded_at": crate::frontdoor::rfc3339(set.loaded_at),
+                "loaded_at": rfc3339(set.loaded_at),
                 "dir": set.dir.display().to_string(),
                 "mappings": set.mappings.keys().collect::<Vec<_>>(),
                 "warnings": set.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),

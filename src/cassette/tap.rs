@@ -1,0 +1,119 @@
+//! The recording tap: a transport wrapper that notes every upstream exchange made while a front-door
+//! request runs (a task-local collects them), so the recorder can store them with that request. Token
+//! requests go through the unwrapped transport and are never recorded.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::HeaderMap;
+
+use super::{RecordedBody, RecordedRequest, RecordedResponse, UpstreamExchange};
+use crate::mapping::engine::UpstreamResponse;
+use crate::upstream::transport::{BoxFuture, HttpRequest, StreamingResponse, Transport, TransportError};
+
+tokio::task_local! {
+    static CURRENT: Arc<Mutex<Vec<UpstreamExchange>>>;
+}
+
+/// Headers worth keeping in a cassette: they shape the exchange and carry no credentials.
+const KEPT_HEADERS: &[&str] = &["content-type", "location", "retry-after", "etag", "log-cdata", "log-cdata-format"];
+
+pub fn kept_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
+    KEPT_HEADERS
+        .iter()
+        .filter_map(|name| Some((name.to_string(), headers.get(*name)?.to_str().ok()?.to_string())))
+        .collect()
+}
+
+/// Runs `future`, collecting the upstream exchanges every `RecordingTransport` sees meanwhile.
+pub async fn capture<F: Future>(future: F) -> (F::Output, Vec<UpstreamExchange>) {
+    let exchanges = Arc::new(Mutex::new(Vec::new()));
+    let output = CURRENT.scope(exchanges.clone(), future).await;
+    let recorded = std::mem::take(&mut *exchanges.lock().unwrap_or_else(|p| p.into_inner()));
+    (output, recorded)
+}
+
+/// Wraps a connection's transport and notes every exchange in the current request's recording.
+pub struct RecordingTransport {
+    inner: Arc<dyn Transport>,
+    base_url: String,
+}
+
+impl RecordingTransport {
+    pub fn new(inner: Arc<dyn Transport>, base_url: &str) -> Self {
+        RecordingTransport { inner, base_url: base_url.trim_end_matches('/').to_string() }
+    }
+}
+
+/// An upstream request as a cassette records it: path relative to the base URL, no credentials.
+pub fn recorded_upstream_request(request: &HttpRequest, base_url: &str) -> RecordedRequest {
+    let relative = request.url.strip_prefix(base_url).unwrap_or(&request.url);
+    let (path, query) = relative.split_once('?').unwrap_or((relative, ""));
+    let mut headers = BTreeMap::new();
+    for (k, v) in &request.headers {
+        if KEPT_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+            headers.insert(k.to_ascii_lowercase(), v.clone());
+        }
+    }
+    let content_type = headers.get("content-type").map(String::as_str);
+    RecordedRequest {
+        method: request.method.to_string(),
+        path: path.to_string(),
+        query: form_urlencoded::parse(query.as_bytes()).into_owned().collect(),
+        body: request.body.as_ref().map(|b| RecordedBody::from_bytes(content_type, b)).unwrap_or_default(),
+        headers,
+    }
+}
+
+fn note(exchange: UpstreamExchange) {
+    let _ = CURRENT.try_with(|c| c.lock().unwrap_or_else(|p| p.into_inner()).push(exchange));
+}
+
+fn recorded_response(status: u16, headers: &HeaderMap, body: &[u8]) -> RecordedResponse {
+    let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    RecordedResponse { status, headers: kept_headers(headers), body: RecordedBody::from_bytes(content_type, body) }
+}
+
+impl Transport for RecordingTransport {
+    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<UpstreamResponse, TransportError>> {
+        Box::pin(async move {
+            let recorded = recorded_upstream_request(&request, &self.base_url);
+            match self.inner.send(request).await {
+                Ok(response) => {
+                    let answer = recorded_response(response.status, &response.headers, &response.body);
+                    note(UpstreamExchange { request: recorded, response: answer, failure: None });
+                    Ok(response)
+                }
+                Err(e) => {
+                    // No answer: recorded too, so a replay fails the same way.
+                    let answer = RecordedResponse { status: 0, headers: BTreeMap::new(), body: RecordedBody::None };
+                    note(UpstreamExchange { request: recorded, response: answer, failure: Some(e.clone()) });
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn stream(&self, request: HttpRequest) -> BoxFuture<'_, Result<StreamingResponse, TransportError>> {
+        Box::pin(async move {
+            let recorded = recorded_upstream_request(&request, &self.base_url);
+            let response = self.inner.stream(request).await?;
+            // Recording buffers the content: it is a diagnostic mode, not the serving path.
+            let mut bytes = Vec::new();
+            let mut stream = response.body;
+            while let Some(chunk) = stream.next().await {
+                bytes.extend_from_slice(&chunk.map_err(|_| TransportError::Broken)?);
+            }
+            note(UpstreamExchange {
+                request: recorded,
+                response: recorded_response(response.status, &response.headers, &bytes),
+                failure: None,
+            });
+            let body = futures_util::stream::once(async move { Ok(Bytes::from(bytes)) }).boxed();
+            Ok(StreamingResponse { status: response.status, headers: response.headers, body })
+        })
+    }
+}

@@ -1,0 +1,61 @@
+//! `ehr-gateway mappings check|test|schema`: validate a mapping folder reporting every problem, run its
+//! golden cases, and print the editor schema.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::mapping::{MappingSet, Severity, golden};
+
+/// Loads and compiles every mapping file, printing every problem; exit 1 on any error.
+pub fn check(dir: &Path) -> ExitCode {
+    match MappingSet::load_dir(dir) {
+        Ok(set) => {
+            for w in &set.warnings {
+                println!("{w}");
+            }
+            println!(
+                "{}: {} mapping(s) OK, {} warning(s) (version {})",
+                dir.display(),
+                set.mappings.len(),
+                set.warnings.len(),
+                set.version
+            );
+            ExitCode::SUCCESS
+        }
+        Err(diagnostics) => {
+            for d in &diagnostics {
+                println!("{d}");
+            }
+            let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+            println!("{}: {errors} error(s), {} warning(s)", dir.display(), diagnostics.len() - errors);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the golden cases in `dir/<mapping>/tests/*.toml`; exit 1 on any failure or coverage gap.
+pub fn test(dir: &Path) -> ExitCode {
+    match MappingSet::load_dir(dir) {
+        Ok(set) => {
+            let reports = golden::run_dir(&set, dir);
+            print!("{}", golden::render(&reports, dir));
+            let gaps = golden::coverage_gaps(&set, &reports);
+            for gap in &gaps {
+                println!("missing: {gap}");
+            }
+            if reports.iter().all(|r| r.passed()) && gaps.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(diagnostics) => {
+            for d in &diagnostics {
+                println!("{d}");
+            }
+            println!("the mappings do not load; fix them first (ehr-gateway mappings check)");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn schema() -> ExitCode {
+    println!("{}", crate::mapping::editor_schema());
+    ExitCode::SUCCESS
+}
