@@ -1,0 +1,446 @@
+//! [`Run`], an interaction in progress: the request to send next, what each answer means, and when the
+//! answers add up to an [`Outcome`].
+
+mod start;
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use serde_json::Value;
+
+use super::errors::{mapping_error, translate_error};
+use super::resource::{bind_object, normalize};
+use super::{Context, NextPage, Outcome, UpstreamRequest, UpstreamResponse, env, scalar_text, truthy};
+use crate::error::GatewayError;
+use crate::mapping::template::{Expression, Scope};
+use crate::mapping::{Category, Each, Encoding, Mapping, Paging, Step, StepResult};
+
+/// A search page whose entries each still need their `each` request.
+struct Pending {
+    raw: Vec<Value>,
+    kept: Vec<Value>,
+    index: usize,
+    next: Option<NextPage>,
+}
+
+/// An interaction in progress.
+pub struct Run<'m> {
+    mapping: &'m Mapping,
+    category: &'m Category,
+    steps: &'m [Step],
+    index: usize,
+    vars: BTreeMap<String, Value>,
+    input: Value,
+    ctx: Context,
+    /// A `next` link to follow instead of rendering the search step (paging).
+    next_link: Option<(String, Vec<(String, String)>)>,
+    /// A non-idempotent step has succeeded: the EHR changed.
+    wrote: bool,
+    pending: Option<Pending>,
+    /// What the last answered step bound (for the client's cache).
+    last_bound: BTreeMap<String, Value>,
+    /// A create's `serialize_writes_by` (empty for every other interaction).
+    serialize_by: &'m [Expression],
+    /// The client error when no step applies to the request (a content URL without a known parameter);
+    /// otherwise that is a mapping defect.
+    nothing_applies: Option<String>,
+}
+
+impl<'m> Run<'m> {
+    /// The key writes must be serialized by (first expression with a value), if any.
+    pub fn serialize_key(&self) -> Option<String> {
+        let scope = self.scope(&self.input, None);
+        self.serialize_by.iter().find_map(|e| match e.eval(&scope).ok()?? {
+            Value::String(s) => Some(s),
+            Value::Array(a) => a.first().and_then(|v| v.as_str().map(str::to_string)),
+            other => Some(other.to_string()),
+        })
+    }
+
+    /// Turns a failure after a successful write into `Outcome::Written` when the new id is known, so the
+    /// client learns the write happened instead of resending it.
+    pub fn recover(&self, error: GatewayError) -> Result<Outcome, GatewayError> {
+        match self.vars.get("gateway_id").and_then(Value::as_str) {
+            Some(id) if self.wrote => Ok(Outcome::Written { id: id.to_string(), problem: error }),
+            _ => Err(error),
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.index >= self.steps.len()
+    }
+
+    fn scope<'a>(&'a self, document: &'a Value, headers: Option<&'a HeaderMap>) -> Scope<'a> {
+        Scope { document, vars: &self.vars, headers, transforms: env(self.mapping, Some(self.category)) }
+    }
+
+    /// Moves past steps whose `when`/`unless` say they do not apply.
+    fn skip_inactive(&mut self) -> Result<(), GatewayError> {
+        while let Some(step) = self.steps.get(self.index) {
+            let scope = self.scope(&self.input, None);
+            let check = |e: &Option<Expression>| -> Result<Option<bool>, GatewayError> {
+                match e {
+                    None => Ok(None),
+                    Some(e) => Ok(Some(truthy(e.eval(&scope).map_err(GatewayError::invalid)?.as_ref()))),
+                }
+            };
+            let active = check(&step.when)?.unwrap_or(true) && !check(&step.unless)?.unwrap_or(false);
+            if active {
+                break;
+            }
+            self.index += 1;
+        }
+        if self.is_done() && self.pending.is_none() {
+            return Err(match &self.nothing_applies {
+                Some(message) => GatewayError::invalid(message.clone()),
+                None => {
+                    mapping_error(self.mapping, format!("no step of {} applies to this request", self.category.name))
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// The cache key and lifetime of the current step's bound values, if the mapping caches them.
+    pub fn cache_key(&self) -> Option<(String, std::time::Duration)> {
+        if self.pending.is_some() || self.next_link.is_some() {
+            return None;
+        }
+        let step = self.steps.get(self.index)?;
+        let (key, ttl) = step.cache.as_ref()?;
+        let key = key.render(&self.scope(&self.input, None)).ok()??;
+        Some((format!("{}:{}", self.category.name, key), *ttl))
+    }
+
+    /// What the last answered step bound (for the client to cache under `cache_key`).
+    pub fn last_bound(&self) -> &BTreeMap<String, Value> {
+        &self.last_bound
+    }
+
+    /// Completes the current (cached) step with values remembered from an earlier answer.
+    pub fn use_cached(&mut self, bound: &BTreeMap<String, Value>) -> Result<(), GatewayError> {
+        self.vars.extend(bound.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.index += 1;
+        self.skip_inactive()
+    }
+
+    /// The request for the current step.
+    pub fn next_request(&self) -> Result<UpstreamRequest, GatewayError> {
+        if let Some(pending) = &self.pending {
+            let each = self.each().ok_or_else(|| GatewayError::gateway("search has no `each` step"))?;
+            let raw = pending.raw.get(pending.index).ok_or_else(|| GatewayError::gateway("no entry left"))?;
+            let vars = self.entry_vars(raw)?;
+            let scope = Scope {
+                document: &Value::Null,
+                vars: &vars,
+                headers: None,
+                transforms: self.scope(raw, None).transforms,
+            };
+            return self.render_with(&each.step, &scope);
+        }
+        let step = self.steps.get(self.index).ok_or_else(|| GatewayError::gateway("mapping run has no step left"))?;
+        if let Some((path, query)) = &self.next_link {
+            return Ok(UpstreamRequest {
+                method: step.method.clone(),
+                path: path.clone(),
+                query: query.clone(),
+                headers: self.request_id_header(),
+                body: None,
+                content_type: None,
+                idempotent: step.idempotent,
+            });
+        }
+        self.render(step)
+    }
+
+    fn request_id_header(&self) -> Vec<(String, String)> {
+        match (&self.mapping.request_id_header, &self.ctx.request_id) {
+            (Some(name), Some(id)) => vec![(name.clone(), id.clone())],
+            _ => vec![],
+        }
+    }
+
+    fn render(&self, step: &Step) -> Result<UpstreamRequest, GatewayError> {
+        self.render_with(step, &self.scope(&self.input, None))
+    }
+
+    fn render_with(&self, step: &Step, scope: &Scope) -> Result<UpstreamRequest, GatewayError> {
+        // Values that fail to render come from the caller's input (ids, parameters).
+        let client_err = |e: String| GatewayError::invalid(e);
+        let path = step.path.render(scope).map_err(client_err)?.ok_or_else(|| {
+            mapping_error(
+                self.mapping,
+                format!("the upstream path of {} needs a value the request does not have", self.category.name),
+            )
+        })?;
+        // Values from the request end up in the path: they must not add segments, a query or escapes.
+        let unsafe_char = |c: char| matches!(c, '?' | '#' | '%' | '\\') || c.is_whitespace() || c.is_control();
+        if path.contains(unsafe_char) || path.split('/').any(|seg| seg == "." || seg == "..") {
+            return Err(GatewayError::invalid(
+                "an id or parameter of the request holds characters that cannot be part of an upstream path",
+            ));
+        }
+        let mut query = Vec::new();
+        for (k, t) in &step.query {
+            if let Some(v) = t.render(scope).map_err(client_err)? {
+                query.push((k.clone(), v));
+            }
+        }
+        let mut headers = self.request_id_header();
+        for (k, t) in &step.headers {
+            if let Some(v) = t.render(scope).map_err(client_err)? {
+                headers.push((k.clone(), v));
+            }
+        }
+        let (body, content_type) = match &step.body {
+            None => (None, None),
+            Some(t) => {
+                let value = t.render(scope).map_err(client_err)?.unwrap_or(Value::Object(Default::default()));
+                match step.encoding {
+                    Encoding::Json => {
+                        (Some(Bytes::from(serde_json::to_vec(&value).unwrap_or_default())), Some("application/json"))
+                    }
+                    Encoding::Form => {
+                        let mut form = form_urlencoded::Serializer::new(String::new());
+                        if let Value::Object(map) = &value {
+                            for (k, v) in map {
+                                let text = match v {
+                                    Value::String(s) => s.clone(),
+                                    other => other.to_string(),
+                                };
+                                form.append_pair(k, &text);
+                            }
+                        }
+                        (Some(Bytes::from(form.finish())), Some("application/x-www-form-urlencoded"))
+                    }
+                }
+            }
+        };
+        Ok(UpstreamRequest {
+            method: step.method.clone(),
+            path,
+            query,
+            headers,
+            body,
+            content_type,
+            idempotent: step.idempotent,
+        })
+    }
+
+    fn each(&self) -> Option<&'m Each> {
+        self.category.search.as_ref()?.each.as_ref()
+    }
+
+    /// The run's variables plus what the category binds from one upstream entry (and its gateway id).
+    fn entry_vars(&self, raw: &Value) -> Result<BTreeMap<String, Value>, GatewayError> {
+        let mut vars = self.vars.clone();
+        let bound = bind_object(self.mapping, self.category, raw, &self.vars)?;
+        vars.extend(bound);
+        Ok(vars)
+    }
+
+    /// Parses an answer body as JSON (empty and byte bodies are `null`).
+    fn document(&self, step: Option<&Step>, response: &UpstreamResponse) -> Result<Value, GatewayError> {
+        if step.is_some_and(|s| s.result == Some(StepResult::Bytes))
+            || response.body.iter().all(u8::is_ascii_whitespace)
+        {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&response.body).map_err(|_| {
+            mapping_error(self.mapping, format!("{} answered with a body that is not JSON", self.mapping.display_name))
+        })
+    }
+
+    /// Checks an answer's status and success predicate; `Err` is the translated failure.
+    fn accept(&self, step: &Step, response: &UpstreamResponse, document: &Value) -> Result<(), GatewayError> {
+        let failed = !step.expect.contains(&response.status)
+            || step.success.as_ref().is_some_and(|s| {
+                !truthy(s.eval(&self.scope(document, Some(&response.headers))).ok().flatten().as_ref())
+            });
+        if !failed {
+            return Ok(());
+        }
+        let mut error = translate_error(self.mapping, response, &self.vars);
+        if !step.idempotent && response.status >= 500 {
+            // The EHR may have acted before failing: resending could write twice.
+            error.retryable = false;
+            if let Some(issue) = error.issues.first_mut() {
+                issue.message.push_str("; the write may or may not have happened, so search before sending it again");
+            }
+        }
+        Err(error)
+    }
+
+    /// Feeds the current step's response. `Ok(None)`: send the next request.
+    pub fn on_response(&mut self, response: &UpstreamResponse) -> Result<Option<Outcome>, GatewayError> {
+        if self.pending.is_some() {
+            return self.on_entry_response(response);
+        }
+        let step = self.steps.get(self.index).ok_or_else(|| GatewayError::gateway("mapping run has no step left"))?;
+        if step.empty_on.contains(&response.status) && step.result == Some(StepResult::Bundle) {
+            self.index += 1;
+            return Ok(Some(Outcome::Page { entries: vec![], total: Some(0), next: None }));
+        }
+        let document =
+            if step.expect.contains(&response.status) { self.document(Some(step), response)? } else { Value::Null };
+        self.accept(step, response, &document)?;
+        let mut bound = BTreeMap::new();
+        {
+            let scope = self.scope(&document, Some(&response.headers));
+            for (name, expr) in &step.bind {
+                match expr.eval(&scope) {
+                    Ok(Some(v)) => {
+                        bound.insert(name.clone(), v);
+                    }
+                    Ok(None) => {
+                        if let Some(u) = &step.unresolved {
+                            let message = u
+                                .message
+                                .render(&self.scope(&self.input, None))
+                                .ok()
+                                .flatten()
+                                .unwrap_or_else(|| format!("`{name}` could not be resolved"));
+                            let mut e = GatewayError::client(u.status, u.code, message);
+                            if let Some(x) = &u.expression {
+                                e = e.with_expression(x.clone());
+                            }
+                            return Err(e);
+                        }
+                        return Err(mapping_error(
+                            self.mapping,
+                            format!("{}'s answer lacks `{name}` ({})", self.mapping.display_name, expr.text()),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(mapping_error(
+                            self.mapping,
+                            format!("reading `{name}` from {}'s answer: {e}", self.mapping.display_name),
+                        ));
+                    }
+                }
+            }
+        }
+        self.vars.extend(bound.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.last_bound = bound;
+        if !self.vars.contains_key("gateway_id") {
+            let id_vars: BTreeMap<String, String> = self
+                .category
+                .id
+                .variables()
+                .filter_map(|v| Some((v.to_string(), scalar_text(self.vars.get(v)?)?)))
+                .collect();
+            if let Some(id) = self.category.id.render(&id_vars) {
+                self.vars.insert("gateway_id".into(), Value::String(id));
+            }
+        }
+        self.wrote |= !matches!(step.method, Method::GET | Method::HEAD);
+        self.index += 1;
+        let outcome = match step.result {
+            None if !self.is_done() => {
+                self.skip_inactive()?;
+                return Ok(None);
+            }
+            None => return Err(GatewayError::gateway("mapping ended without a result")),
+            Some(StepResult::Bytes) => Outcome::Bytes,
+            Some(StepResult::None) => Outcome::Done,
+            Some(StepResult::Resource) => {
+                let object = match &step.select {
+                    Some(select) => select
+                        .eval(&self.scope(&document, None))
+                        .map_err(|e| mapping_error(self.mapping, e))?
+                        .ok_or_else(|| {
+                            mapping_error(
+                                self.mapping,
+                                format!(
+                                    "{} answered without the object ({})",
+                                    self.mapping.display_name,
+                                    select.text()
+                                ),
+                            )
+                        })?,
+                    None => document,
+                };
+                Outcome::Resource(normalize(self.mapping, self.category, &object, &self.ctx, &self.vars)?)
+            }
+            Some(StepResult::Bundle) => return self.page(&document),
+        };
+        Ok(Some(outcome))
+    }
+
+    fn on_entry_response(&mut self, response: &UpstreamResponse) -> Result<Option<Outcome>, GatewayError> {
+        let each = self.each().ok_or_else(|| GatewayError::gateway("search has no `each` step"))?;
+        let Some(pending) = self.pending.as_ref() else { return Ok(None) };
+        let raw = pending.raw.get(pending.index).cloned().unwrap_or(Value::Null);
+        if !each.drop_on.contains(&response.status) {
+            let document = if each.step.expect.contains(&response.status) {
+                self.document(Some(&each.step), response)?
+            } else {
+                Value::Null
+            };
+            self.accept(&each.step, response, &document)?;
+            // The entry is the per-entry answer (e.g. the image), read with the listed object's variables.
+            let vars = self.entry_vars(&raw)?;
+            let entry = normalize(self.mapping, self.category, &document, &self.ctx, &vars)?;
+            if let Some(p) = self.pending.as_mut() {
+                p.kept.push(entry);
+            }
+        }
+        let Some(pending) = self.pending.as_mut() else { return Ok(None) };
+        pending.index += 1;
+        if pending.index < pending.raw.len() {
+            return Ok(None);
+        }
+        let pending = self.pending.take().map(|p| (p.kept, p.next)).unwrap_or_default();
+        // Entries were filtered, so the upstream's total no longer counts what the client sees.
+        Ok(Some(Outcome::Page { entries: pending.0, total: None, next: pending.1 }))
+    }
+
+    fn page(&mut self, document: &Value) -> Result<Option<Outcome>, GatewayError> {
+        let search = self.category.search.as_ref().ok_or_else(|| GatewayError::gateway("not a search"))?;
+        let scope = self.scope(document, None);
+        let err = |e: String| mapping_error(self.mapping, e);
+        let raw = match search.entries.eval(&scope).map_err(err)? {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items,
+            Some(one) => vec![one],
+        };
+        let total = match &search.total {
+            Some(t) => t.eval(&scope).map_err(err)?.and_then(|v| match v {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) => s.trim().parse().ok(),
+                _ => None,
+            }),
+            None => None,
+        };
+        let link = match &search.next {
+            Some(n) => match n.eval(&scope).map_err(err)? {
+                Some(Value::String(s)) => Some(s),
+                Some(Value::Array(a)) => a.first().and_then(|v| v.as_str()).map(str::to_string),
+                _ => None,
+            },
+            None => None,
+        };
+        let next = match search.paging {
+            Paging::Link => link.map(NextPage::Link),
+            Paging::Offset => {
+                let offset = self.vars.get("_offset").and_then(Value::as_u64).unwrap_or(0);
+                let after = offset + raw.len() as u64;
+                let more = match total {
+                    Some(t) => after < t,
+                    None => link.is_some(),
+                };
+                (more && !raw.is_empty()).then_some(NextPage::Offset(after))
+            }
+        };
+        if search.each.is_some() && !raw.is_empty() {
+            self.pending = Some(Pending { raw, kept: Vec::new(), index: 0, next });
+            return Ok(None);
+        }
+        let entries = raw
+            .iter()
+            .map(|e| normalize(self.mapping, self.category, e, &self.ctx, &self.vars))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Outcome::Page { entries, total, next }))
+    }
+}
