@@ -403,6 +403,8 @@ token_sha256 = "2c0f5a4c6b1d9d6d2f7b1c8c0e5e2e8f3c1b9a7d6e5f4a3b2c1d0e9f8a7b6c5d
 organizations = ["demo"]
 "#;
 
+    // GOOD has a simulator connection, which only a sandbox build accepts.
+    #[cfg(feature = "sandbox")]
     #[test]
     fn a_good_config_loads() {
         let c = Config::from_toml_str(GOOD).expect("valid");
@@ -453,6 +455,8 @@ organizations = ["nowhere"]
         assert!(errors.len() >= 8, "{all}");
     }
 
+    // GOOD has a simulator connection, which only a sandbox build accepts.
+    #[cfg(feature = "sandbox")]
     #[test]
     fn the_redaction_policy_comes_from_config_and_is_checked() {
         let with_policy = format!("{GOOD}\n[record]\ndir = \"cassettes\"\n[record.redact]\ntext_keys = [\"remark\"]\n");
@@ -463,6 +467,16 @@ organizations = ["nowhere"]
         let bad = format!("{GOOD}\n[record.redact]\npatient_id_patterns = [\"(unclosed\"]\ncolour = 1\n");
         let errors = Config::from_toml_str(&bad).unwrap_err().0.join("\n");
         assert!(errors.contains("colour") || errors.contains("patient_id_patterns"), "{errors}");
+    }
+
+    #[cfg(not(feature = "sandbox"))]
+    #[test]
+    fn a_production_build_refuses_simulators_and_says_why() {
+        let errors = Config::from_toml_str(GOOD).expect_err("no simulators in this build").0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("connections.c.simulator"), "{}", errors[0]);
+        assert!(errors[0].contains("built without them"), "{}", errors[0]);
+        assert!(errors[0].contains("base_url, token_url, client_id"), "{}", errors[0]);
     }
 
     #[test]

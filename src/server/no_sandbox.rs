@@ -7,7 +7,7 @@ use super::SimulatorEndpoint;
 use crate::config::NO_SIMULATORS;
 
 #[derive(Default)]
-pub struct Sandbox;
+pub struct Sandbox {}
 
 impl Sandbox {
     pub async fn start(&mut self, name: &str, _ehr: &str) -> Result<SimulatorEndpoint, String> {
