@@ -39,8 +39,7 @@ fn uses(src: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
                 continue;
             }
             let rel = path.strip_prefix(src).unwrap();
-            if path.extension().is_none_or(|e| e != "rs") || rel == Path::new("lib.rs") || rel == Path::new("main.rs")
-            {
+            if path.extension().is_none_or(|e| e != "rs") || rel == Path::new("lib.rs") || rel == Path::new("main.rs") {
                 continue;
             }
             let first = rel.components().next().unwrap().as_os_str().to_str().unwrap();
@@ -54,7 +53,11 @@ fn uses(src: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
                     let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
                     let is_module = src.join(format!("{name}.rs")).exists() || src.join(&name).is_dir();
                     if is_module && name != module {
-                        edges.entry(module.clone()).or_default().entry(name).or_insert_with(|| rel.display().to_string());
+                        edges
+                            .entry(module.clone())
+                            .or_default()
+                            .entry(name)
+                            .or_insert_with(|| rel.display().to_string());
                     }
                 }
             }

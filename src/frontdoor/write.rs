@@ -77,9 +77,7 @@ pub(super) async fn put(
     let category = category_for(o, id)?;
     let (_, resource) = read_fhir_body(req).await?;
     validate_resource(&resource)?;
-    if category.update.is_none() {
-        return Err(engine::not_supported(&o.mapping, "update", Some(category)).with_allow(category.instance_methods()));
-    }
+    declared(o, category, "update", category.update.is_some())?;
     match resource.get("id").and_then(Value::as_str) {
         Some(body_id) if body_id == id => {}
         _ => {
@@ -101,9 +99,7 @@ pub(super) async fn patch(
     // The document is checked first, so a malformed patch is reported as such even where the EHR
     // cannot update.
     let patch = check_patch_document(req).await?;
-    if category.update.is_none() {
-        return Err(engine::not_supported(&o.mapping, "patch", Some(category)).with_allow(category.instance_methods()));
-    }
+    declared(o, category, "patch", category.update.is_some())?;
     update(state, o, category, id, move |current| {
         let mut patched = current.clone();
         json_patch::patch(&mut patched, &patch).map_err(|e| {
@@ -123,9 +119,7 @@ pub(super) async fn patch(
 
 pub(super) async fn delete(state: &AppState, o: &OrgCtx, id: &str) -> Result<GatewayResponse, GatewayError> {
     let category = category_for(o, id)?;
-    if category.delete.is_none() {
-        return Err(engine::not_supported(&o.mapping, "delete", Some(category)).with_allow(category.instance_methods()));
-    }
+    declared(o, category, "delete", category.delete.is_some())?;
     let mut run = Run::delete(&o.mapping, category, id, o.context())?;
     match o.client.run(&mut run).await? {
         Outcome::Done => {}
@@ -137,6 +131,14 @@ pub(super) async fn delete(state: &AppState, o: &OrgCtx, id: &str) -> Result<Gat
         "issue": [{"severity": "information", "code": "informational", "diagnostics": format!("Media/{id} was deleted in {}", o.mapping.display_name)}]
     });
     Ok(json_response(StatusCode::OK, &outcome))
+}
+
+/// A 405 naming the EHR and the methods it allows, unless the category declares the interaction.
+fn declared(o: &OrgCtx, category: &Category, interaction: &str, is_declared: bool) -> Result<(), GatewayError> {
+    if is_declared {
+        return Ok(());
+    }
+    Err(engine::not_supported(&o.mapping, interaction, Some(category)).with_allow(category.instance_methods()))
 }
 
 /// Reads the current resource, builds the new one from it (`make`), validates it and runs the update.
