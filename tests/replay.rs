@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use ehr_gateway::replay::{cassette_files, replay_dir};
+use ehr_gateway::commands::replay::{cassette_files, replay_dir};
 use ehr_gateway::sim::canvas::{Fault, FaultAction};
 use serde_json::{Value, json};
 

@@ -16,26 +16,22 @@ use sha2::Sha256;
 
 use super::{Cassette, RecordedBody, RecordedRequest, RecordedResponse};
 use crate::config::CompiledRedaction;
-pub use crate::config::{RedactionPolicy, SANDBOX_PSEUDONYM_KEY};
+use crate::config::RedactionPolicy;
 
-/// A compiled policy with its key.
+/// Applies a compiled redaction policy to cassettes.
 pub struct Redactor {
-    patterns: Vec<Regex>,
-    signing: Option<Regex>,
-    policy: RedactionPolicy,
-    key: Vec<u8>,
+    compiled: CompiledRedaction,
 }
 
 impl Redactor {
-    /// Lists in the config add to the built-in defaults: a policy can widen redaction, never narrow it.
+    /// See [`RedactionPolicy::compile`]: the configured lists widen the defaults.
     pub fn new(configured: RedactionPolicy) -> Result<Self, String> {
-        let CompiledRedaction { policy, patient_id_patterns, signing, key } = configured.compile()?;
-        Ok(Redactor { patterns: patient_id_patterns, signing, policy, key })
+        Ok(Redactor { compiled: configured.compile()? })
     }
 
     /// A stable pseudonym of the same shape: hex stays hex, digits stay digits, letters stay letters.
     pub fn pseudonym(&self, id: &str) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.compiled.key).expect("HMAC takes keys of any length");
         mac.update(id.as_bytes());
         let digest = mac.finalize().into_bytes();
         let all_hex =
@@ -70,12 +66,12 @@ impl Redactor {
 
     /// `value` inside an `identifier` or `telecom` entry is as sensitive as free text.
     fn is_text(&self, key: Option<&str>, parent: Option<&str>) -> bool {
-        Self::key_in(&self.policy.text_keys, key)
-            || (key == Some("value") && Self::key_in(&self.policy.value_container_keys, parent))
+        Self::key_in(&self.compiled.policy.text_keys, key)
+            || (key == Some("value") && Self::key_in(&self.compiled.policy.value_container_keys, parent))
     }
 
     fn collect(&self, s: &str, key: Option<&str>, parent: Option<&str>, found: &mut Found) {
-        for p in &self.patterns {
+        for p in &self.compiled.patient_id_patterns {
             for c in p.captures_iter(s) {
                 if let Some(m) = c.get(1) {
                     found.ids.insert(m.as_str().to_string());
@@ -90,7 +86,7 @@ impl Redactor {
         if s.is_empty() {
             return;
         }
-        if Self::key_in(&self.policy.patient_id_keys, key) {
+        if Self::key_in(&self.compiled.policy.patient_id_keys, key) {
             let bare = s.rsplit('/').next().unwrap_or(s);
             if !bare.is_empty() {
                 found.ids.insert(bare.to_string());
@@ -99,10 +95,10 @@ impl Redactor {
         if self.is_text(key, parent) {
             found.texts.insert(s.to_string());
         }
-        if Self::key_in(&self.policy.date_keys, key) {
+        if Self::key_in(&self.compiled.policy.date_keys, key) {
             found.dates.insert(s.to_string());
         }
-        if Self::key_in(&self.policy.data_keys, key) {
+        if Self::key_in(&self.compiled.policy.data_keys, key) {
             found.data.insert(s.to_string());
         }
     }
@@ -139,7 +135,7 @@ impl Redactor {
     }
 
     fn rewrite(&self, s: &mut String, key: Option<&str>, _parent: Option<&str>, plan: &Plan) {
-        if Self::key_in(&self.policy.secret_keys, key) {
+        if Self::key_in(&self.compiled.policy.secret_keys, key) {
             *s = "[redacted]".into();
             return;
         }
@@ -150,7 +146,7 @@ impl Redactor {
             return;
         }
         *s = plan.apply(s);
-        if let Some(signing) = &self.signing {
+        if let Some(signing) = &self.compiled.signing {
             *s = signing.replace_all(s, "${1}redacted").into_owned();
         }
         // Paging tokens inside links are base64 JSON: redact inside them too.

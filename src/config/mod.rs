@@ -1,4 +1,5 @@
-//! Gateway configuration: `config/*.toml` plus `EHRGW_` environment overrides, validated all at once.
+//! Gateway configuration: one TOML file (`--config`, default `config/default.toml`) plus `EHRGW_`
+//! environment overrides, validated all at once.
 //!
 //! Loading never stops at the first problem: every section is extracted on its own and then cross-checked,
 //! so an operator sees the whole list of mistakes (with the file and key) in one run.

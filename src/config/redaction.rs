@@ -116,12 +116,13 @@ impl Default for RedactionPolicy {
 
 pub const SANDBOX_PSEUDONYM_KEY: &str = "ehr-gateway sandbox pseudonyms";
 
-/// A policy merged with the defaults and compiled, with its pseudonym key; deliberately not `Debug`.
+/// A policy merged with the defaults and compiled, with its pseudonym key: only the redactor reads it
+/// (fields are crate-private), and it is deliberately not `Debug`.
 pub struct CompiledRedaction {
-    pub policy: RedactionPolicy,
-    pub patient_id_patterns: Vec<Regex>,
-    pub signing: Option<Regex>,
-    pub key: Vec<u8>,
+    pub(crate) policy: RedactionPolicy,
+    pub(crate) patient_id_patterns: Vec<Regex>,
+    pub(crate) signing: Option<Regex>,
+    pub(crate) key: Vec<u8>,
 }
 
 impl RedactionPolicy {

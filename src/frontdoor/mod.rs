@@ -130,7 +130,10 @@ pub async fn handle(state: Arc<AppState>, req: GatewayRequest) -> Result<Gateway
             let o = org_ctx(&state, &req, org)?;
             write::patch(&state, &o, id, req).await
         }
-        Route::Delete { ref org, ref id } => write::delete(&state, &org_ctx(&state, &req, org)?, id).await,
+        Route::Delete { ref org, ref id } => {
+            let o = org_ctx(&state, &req, org)?;
+            write::delete(&state, &o, id).await
+        }
         Route::Search { ref org } => {
             let o = org_ctx(&state, &req, org)?;
             search::search(&o, input::query_params(&req)?).await

@@ -8,7 +8,7 @@ use super::input::{check_patch_document, query_params, read_fhir_body, single, v
 use super::{OrgCtx, category_for, choose_category, json_response, read, resource_response, written_but_unread};
 use crate::error::{GatewayError, IssueCode};
 use crate::mapping::engine::{self, Outcome, Run};
-use crate::mapping::{Category, Mapping};
+use crate::mapping::{Category, Interaction, Mapping};
 use crate::request::{GatewayRequest, GatewayResponse};
 use crate::state::AppState;
 
@@ -77,7 +77,7 @@ pub(super) async fn put(
     let category = category_for(o, id)?;
     let (_, resource) = read_fhir_body(req).await?;
     validate_resource(&resource)?;
-    declared(o, category, "update", category.update.is_some())?;
+    declared(o, category, "update", category.update.as_ref())?;
     match resource.get("id").and_then(Value::as_str) {
         Some(body_id) if body_id == id => {}
         _ => {
@@ -99,7 +99,7 @@ pub(super) async fn patch(
     // The document is checked first, so a malformed patch is reported as such even where the EHR
     // cannot update.
     let patch = check_patch_document(req).await?;
-    declared(o, category, "patch", category.update.is_some())?;
+    declared(o, category, "patch", category.update.as_ref())?;
     update(state, o, category, id, move |current| {
         let mut patched = current.clone();
         json_patch::patch(&mut patched, &patch).map_err(|e| {
@@ -119,7 +119,7 @@ pub(super) async fn patch(
 
 pub(super) async fn delete(state: &AppState, o: &OrgCtx, id: &str) -> Result<GatewayResponse, GatewayError> {
     let category = category_for(o, id)?;
-    declared(o, category, "delete", category.delete.is_some())?;
+    declared(o, category, "delete", category.delete.as_ref())?;
     let mut run = Run::delete(&o.mapping, category, id, o.context())?;
     match o.client.run(&mut run).await? {
         Outcome::Done => {}
@@ -134,11 +134,15 @@ pub(super) async fn delete(state: &AppState, o: &OrgCtx, id: &str) -> Result<Gat
 }
 
 /// A 405 naming the EHR and the methods it allows, unless the category declares the interaction.
-fn declared(o: &OrgCtx, category: &Category, interaction: &str, is_declared: bool) -> Result<(), GatewayError> {
-    if is_declared {
-        return Ok(());
-    }
-    Err(engine::not_supported(&o.mapping, interaction, Some(category)).with_allow(category.instance_methods()))
+fn declared<'c>(
+    o: &OrgCtx,
+    category: &Category,
+    interaction: &str,
+    declared: Option<&'c Interaction>,
+) -> Result<&'c Interaction, GatewayError> {
+    declared.ok_or_else(|| {
+        engine::not_supported(&o.mapping, interaction, Some(category)).with_allow(category.instance_methods())
+    })
 }
 
 /// Reads the current resource, builds the new one from it (`make`), validates it and runs the update.

@@ -2,11 +2,12 @@
 //! connections, upstream clients, the mapping set, the tower stack — and serves it over HTTP/1.1 with
 //! hyper. It may use every module; only the commands use it.
 
+#[cfg(not(feature = "sandbox"))]
+mod no_sandbox;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 #[cfg(not(feature = "sandbox"))]
-#[path = "no_sandbox.rs"]
-pub mod sandbox;
+use no_sandbox as sandbox;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

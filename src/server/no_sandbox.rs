@@ -1,5 +1,5 @@
-//! A production build (without the `sandbox` feature) has no simulators: the same interface as
-//! `sandbox.rs`, empty. The config already refuses `simulator = true` in such a build.
+//! What stands in for `sandbox.rs` in a production build (without the `sandbox` feature): the same
+//! interface, with no simulators. The config already refuses `simulator = true` in such a build.
 
 use std::collections::BTreeMap;
 
