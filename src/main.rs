@@ -12,7 +12,7 @@ use ehr_gateway::config::DEFAULT_CONFIG;
 #[command(
     name = "ehr-gateway",
     version,
-    about = "One FHIR R4 Media API in front of EHRs (Canvas today; athenahealth, Elation and Epic next)"
+    about = "One FHIR R4 Media API in front of EHRs (Canvas and athenahealth today; Elation and Epic next)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,6 +38,7 @@ enum Command {
         command: MappingsCommand,
     },
     /// Replay recorded cassettes through the current mappings (no EHR is called); exit 1 on regressions.
+    #[cfg(feature = "sandbox")]
     Replay {
         /// Folder of cassettes (searched recursively), e.g. tests/replay.
         dir: PathBuf,
@@ -83,6 +84,11 @@ enum SimCommand {
         #[arg(long, default_value = "127.0.0.1:9103")]
         s3: SocketAddr,
     },
+    /// The athenahealth simulator (token endpoint and API on one host).
+    Athena {
+        #[arg(long, default_value = "127.0.0.1:9111")]
+        listen: SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -103,10 +109,13 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Mappings { command: MappingsCommand::Check { dir } } => commands::mappings::check(&dir),
         Command::Mappings { command: MappingsCommand::Test { dir } } => commands::mappings::test(&dir),
         Command::Mappings { command: MappingsCommand::Schema } => commands::mappings::schema(),
+        #[cfg(feature = "sandbox")]
         Command::Replay { dir, mappings, accept } => commands::replay::run(&dir, &mappings, accept).await,
         #[cfg(feature = "sandbox")]
         Command::Sim { ehr: SimCommand::Canvas { instance, fhir, s3 } } => {
             commands::sim::canvas(instance, fhir, s3).await
         }
+        #[cfg(feature = "sandbox")]
+        Command::Sim { ehr: SimCommand::Athena { listen } } => commands::sim::athena(listen).await,
     }
 }

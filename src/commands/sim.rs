@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use crate::sim::athena::{AthenaSim, AthenaSimConfig};
 use crate::sim::canvas::{CanvasSim, CanvasSimConfig};
 
 pub async fn canvas(instance: SocketAddr, fhir: SocketAddr, s3: SocketAddr) -> ExitCode {
@@ -19,6 +20,25 @@ pub async fn canvas(instance: SocketAddr, fhir: SocketAddr, s3: SocketAddr) -> E
         }
         Err(e) => {
             eprintln!("cannot start the Canvas simulator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub async fn athena(listen: SocketAddr) -> ExitCode {
+    crate::logging::init("pretty");
+    let config = AthenaSimConfig::default();
+    let (id, secret) = (config.client_id.clone(), config.client_secret.clone());
+    match AthenaSim::start_on(config, listen).await {
+        Ok(handle) => {
+            println!("athenahealth simulator: base URL {} token URL {}", handle.base_url(), handle.token_url());
+            println!("demo client credentials: client_id={id} client_secret={secret}");
+            let _ = tokio::signal::ctrl_c().await;
+            handle.shutdown();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot start the athenahealth simulator: {e}");
             ExitCode::FAILURE
         }
     }
