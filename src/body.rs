@@ -36,3 +36,14 @@ pub fn body_error(error: &(dyn std::error::Error + 'static)) -> GatewayError {
         GatewayError::invalid("the request body could not be read completely")
     }
 }
+
+/// An outgoing JSON body (payloads spliced in as chunks) as a gateway body, streamed when in chunks.
+pub fn from_outgoing(body: crate::json::OutgoingBody) -> Body {
+    match body.as_single() {
+        Some(bytes) => full(bytes.clone()),
+        None => {
+            let frames = futures_util::StreamExt::map(body.stream(), |piece| piece.map(http_body::Frame::data));
+            boxed(http_body_util::StreamBody::new(frames))
+        }
+    }
+}

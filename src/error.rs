@@ -24,6 +24,7 @@ pub enum IssueCode {
     Transient,
     Exception,
     TooLong,
+    TooCostly,
 }
 
 impl IssueCode {
@@ -42,6 +43,7 @@ impl IssueCode {
             IssueCode::Transient => "transient",
             IssueCode::Exception => "exception",
             IssueCode::TooLong => "too-long",
+            IssueCode::TooCostly => "too-costly",
         }
     }
 
@@ -60,6 +62,7 @@ impl IssueCode {
             "transient" => IssueCode::Transient,
             "exception" => IssueCode::Exception,
             "too-long" => IssueCode::TooLong,
+            "too-costly" => IssueCode::TooCostly,
             _ => return None,
         })
     }

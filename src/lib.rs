@@ -8,6 +8,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod fhir;
+pub mod json;
 pub mod logging;
 pub mod request;
 

@@ -428,6 +428,7 @@ async fn record(dir: &Path) -> Vec<String> {
             fhir_base: FHIR_BASE.into(),
             params: [("practice".to_string(), "195900".to_string())].into(),
             request_id: Some(REQUEST_ID.into()),
+            ..Context::default()
         };
         let mut request_spec = serde_json::Map::new();
         let interaction;
@@ -593,7 +594,7 @@ async fn send(
         b = b.header("content-type", ct);
     }
     if let Some(body) = &req.body {
-        b = b.body(body.clone());
+        b = b.body(body.to_bytes());
     }
     let r = b.send().await.unwrap();
     let status = r.status().as_u16();
@@ -612,7 +613,8 @@ fn exchange(req: &ehr_gateway::mapping::engine::UpstreamRequest, resp: &Upstream
     if !headers.is_empty() {
         expect["headers"] = json!(headers);
     }
-    if let Some(body) = &req.body {
+    if let Some(body) = req.body.as_ref().map(|b| b.to_bytes()) {
+        let body = &body[..];
         expect["body"] = match req.content_type {
             Some("application/x-www-form-urlencoded") => {
                 json!(form_urlencoded::parse(body).into_owned().collect::<BTreeMap<String, String>>())

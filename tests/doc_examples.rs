@@ -129,7 +129,7 @@ fn the_transform_table_is_complete_and_true() {
     }
     let tables: Tables = toml::from_str(&codes_block.code).unwrap();
     let id = IdTemplate::compile("cv.{media_id}").unwrap();
-    let ctx = TransformContext { id_template: Some(&id), code_tables: Some(&tables.code_tables) };
+    let ctx = TransformContext { id_template: Some(&id), code_tables: Some(&tables.code_tables), payloads: None };
     let mut documented = Vec::new();
     for row in table.lines().filter(|l| l.starts_with("| `")) {
         let cells: Vec<&str> = row.split('|').map(|c| c.trim().trim_matches('`')).collect();

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Bottom to top. Within a layer, modules may use each other as long as they do not form a cycle.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("shared types", &["error", "body", "fhir", "config", "request", "logging"]),
+    ("shared types", &["error", "body", "json", "fhir", "config", "request", "logging"]),
     ("mapping engine", &["mapping"]),
     ("upstream I/O", &["upstream"]),
     ("cassettes", &["cassette"]),

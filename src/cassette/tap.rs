@@ -63,7 +63,7 @@ pub fn recorded_upstream_request(request: &HttpRequest, base_url: &str) -> Recor
         method: request.method.to_string(),
         path: path.to_string(),
         query: form_urlencoded::parse(query.as_bytes()).into_owned().collect(),
-        body: request.body.as_ref().map(|b| RecordedBody::from_bytes(content_type, b)).unwrap_or_default(),
+        body: request.body.as_ref().map(|b| RecordedBody::from_bytes(content_type, &b.to_bytes())).unwrap_or_default(),
         headers,
     }
 }

@@ -13,6 +13,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
+use crate::json::Limits;
+
 mod redaction;
 mod secret;
 
@@ -20,7 +22,8 @@ pub use redaction::{CompiledRedaction, RedactionPolicy, SANDBOX_PSEUDONYM_KEY};
 pub use secret::{Secret, SecretRef};
 
 pub const DEFAULT_CONFIG: &str = "config/default.toml";
-pub const DEFAULT_BODY_LIMIT: u64 = 32 * 1024 * 1024;
+/// Lets a 25 MiB image through as base64 in FHIR JSON (about 35 MB).
+pub const DEFAULT_BODY_LIMIT: u64 = 40 * 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +46,77 @@ pub struct ServerConfig {
     /// Log format: `json` (default) or `pretty`.
     #[serde(default = "default_log_format")]
     pub log_format: String,
+    /// How large parsed JSON may grow (`[server.limits.client]`, `[server.limits.upstream]`).
+    #[serde(default)]
+    pub limits: JsonLimits,
+    /// Bytes of request bodies in flight across all requests at once; a request that would go beyond
+    /// waits up to `memory_budget_wait_ms`, then gets 503 with `Retry-After`. Default: a quarter of the
+    /// machine's memory, at least twice the body limit, at most 4 GiB.
+    #[serde(default)]
+    pub memory_budget_bytes: Option<u64>,
+    #[serde(default = "default_memory_budget_wait_ms")]
+    pub memory_budget_wait_ms: u64,
+}
+
+/// Structural limits on JSON the gateway parses; each key left out keeps its default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonLimits {
+    /// Bodies clients send (a Media, a JSON Patch); defaults in `json::Limits::CLIENT`.
+    #[serde(default)]
+    pub client: LimitOverrides,
+    /// Answers EHRs send; defaults in `json::Limits::UPSTREAM`.
+    #[serde(default)]
+    pub upstream: LimitOverrides,
+}
+
+impl JsonLimits {
+    pub fn client(&self) -> Limits {
+        self.client.over(Limits::CLIENT)
+    }
+    pub fn upstream(&self) -> Limits {
+        self.upstream.over(Limits::UPSTREAM)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    pub max_depth: Option<usize>,
+    pub max_array_items: Option<usize>,
+    pub max_nodes: Option<usize>,
+    pub max_string_bytes: Option<usize>,
+}
+
+impl LimitOverrides {
+    fn over(&self, base: Limits) -> Limits {
+        Limits {
+            max_depth: self.max_depth.unwrap_or(base.max_depth),
+            max_array_items: self.max_array_items.unwrap_or(base.max_array_items),
+            max_nodes: self.max_nodes.unwrap_or(base.max_nodes),
+            max_string_bytes: self.max_string_bytes.unwrap_or(base.max_string_bytes),
+        }
+    }
+}
+fn default_memory_budget_wait_ms() -> u64 {
+    2_000
+}
+
+impl ServerConfig {
+    /// The memory budget: configured, or sized for the machine.
+    pub fn memory_budget(&self) -> u64 {
+        self.memory_budget_bytes.unwrap_or_else(|| {
+            let quarter = machine_memory().map_or(1024 * 1024 * 1024, |m| m / 4);
+            quarter.min(4 * 1024 * 1024 * 1024).max(2 * self.body_limit_bytes)
+        })
+    }
+}
+
+/// Total memory of the machine, from /proc/meminfo where there is one.
+fn machine_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn default_listen() -> SocketAddr {
@@ -70,6 +144,9 @@ impl Default for ServerConfig {
             public_base_url: None,
             mappings_dir: default_mappings_dir(),
             log_format: default_log_format(),
+            limits: JsonLimits::default(),
+            memory_budget_bytes: None,
+            memory_budget_wait_ms: default_memory_budget_wait_ms(),
         }
     }
 }
@@ -273,6 +350,20 @@ impl Config {
         }
         if self.server.request_timeout_ms == 0 {
             problems.push(format!("{src}: server.request_timeout_ms must be greater than 0"));
+        }
+        for (side, limits) in [("client", self.server.limits.client()), ("upstream", self.server.limits.upstream())] {
+            for p in limits.problems() {
+                problems.push(format!("{src}: server.limits.{side}.{p}"));
+            }
+        }
+        if let Some(budget) = self.server.memory_budget_bytes
+            && budget < self.server.body_limit_bytes
+        {
+            problems.push(format!(
+                "{src}: server.memory_budget_bytes ({budget}) must be at least server.body_limit_bytes ({}), or no body \
+                 of the largest allowed size could ever be taken",
+                self.server.body_limit_bytes
+            ));
         }
         if let Err(e) = self.record.redact.clone().compile() {
             problems.push(format!("{src}: {e}"));

@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use regex::Regex;
 
+pub use crate::json::is_valid_base64;
+
 static ID_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z0-9\-\.]{1,64}$").expect("FHIR id regex compiles"));
 
@@ -42,48 +44,6 @@ pub fn is_valid_date_time(s: &str) -> bool {
 /// timezone) and names a real calendar date.
 pub fn is_valid_instant(s: &str) -> bool {
     INSTANT_RE.is_match(s) && calendar_date_exists(s)
-}
-
-/// True if `s` is a FHIR `base64Binary` as accepted here: non-empty, standard
-/// alphabet (`A-Z a-z 0-9 + /`), length a multiple of 4, `=` padding only at
-/// the end (at most two), no whitespace, and canonical (unused trailing bits
-/// zero) so that strict decoders accept it.
-pub fn is_valid_base64(s: &str) -> bool {
-    let bytes = s.as_bytes();
-    if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
-        return false;
-    }
-    let padding = bytes.iter().rev().take_while(|&&b| b == b'=').count();
-    if padding > 2 {
-        return false;
-    }
-    let Some(body) = bytes.get(..bytes.len() - padding) else {
-        return false;
-    };
-    let mut last_sextet = 0u8;
-    for &b in body {
-        match base64_sextet(b) {
-            Some(v) => last_sextet = v,
-            None => return false,
-        }
-    }
-    // With padding, the last data character carries bits that must be zero.
-    match padding {
-        1 => last_sextet & 0b11 == 0,
-        2 => last_sextet & 0b1111 == 0,
-        _ => true,
-    }
-}
-
-fn base64_sextet(b: u8) -> Option<u8> {
-    match b {
-        b'A'..=b'Z' => Some(b - b'A'),
-        b'a'..=b'z' => Some(b - b'a' + 26),
-        b'0'..=b'9' => Some(b - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    }
 }
 
 pub(crate) fn is_valid_code(s: &str) -> bool {

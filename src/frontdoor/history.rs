@@ -6,14 +6,14 @@ use std::time::SystemTime;
 use http::StatusCode;
 use serde_json::Value;
 
-use super::{OrgCtx, bundle, json_response, read, resource_response, version_of};
+use super::{OrgCtx, bundle, json_response, read, resource_response, run_response, version_of};
 use crate::error::GatewayError;
 use crate::fhir::primitive::{is_valid_instant, parse_instant};
 use crate::request::GatewayResponse;
 use crate::state::AppState;
 
 pub(super) async fn vread(o: &OrgCtx, id: &str, version: &str) -> Result<GatewayResponse, GatewayError> {
-    let resource = read(o, id).await?;
+    let (resource, payloads) = read(o, id).await?;
     let current = version_of(&resource);
     if *version != current {
         return Err(GatewayError::not_found(format!(
@@ -21,7 +21,7 @@ pub(super) async fn vread(o: &OrgCtx, id: &str, version: &str) -> Result<Gateway
             version.chars().take(64).collect::<String>()
         )));
     }
-    Ok(resource_response(StatusCode::OK, &resource))
+    resource_response(StatusCode::OK, &resource, &payloads)
 }
 
 /// Takes the query parameters rather than the request: the request body is not `Sync`, and this future
@@ -32,8 +32,8 @@ pub(super) async fn instance(
     id: &str,
 ) -> Result<GatewayResponse, GatewayError> {
     history_controls(params, false)?;
-    let resource = read(o, id).await?;
-    Ok(json_response(StatusCode::OK, &bundle::history(o, &[resource], 1)))
+    let (resource, payloads) = read(o, id).await?;
+    run_response(StatusCode::OK, &bundle::history(o, &[resource], 1), &payloads)
 }
 
 pub(super) fn of_type(

@@ -1,7 +1,7 @@
 //! Reading what a client sent: FHIR JSON and JSON Patch bodies (415, 413 and 400 for the wrong type,
 //! size or syntax), structural validation of a Media, and query parameters.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -9,44 +9,94 @@ use serde_json::Value;
 use crate::body::body_error;
 use crate::error::{GatewayError, Issue, IssueCode};
 use crate::fhir::{self, validate};
+use crate::json::{self, LimitKind, Limits, ParseError, Payloads};
 use crate::request::GatewayRequest;
 
 pub(super) fn unsupported_media_type(message: &str) -> GatewayError {
     GatewayError::client(StatusCode::UNSUPPORTED_MEDIA_TYPE, IssueCode::NotSupported, message)
 }
 
+/// Reads a whole body into one buffer, sized up front from `Content-Length`: frames are moved in as they
+/// arrive, so a large body is held once, not once in frames and again joined.
 pub(super) async fn read_body(req: GatewayRequest) -> Result<Bytes, GatewayError> {
-    Ok(req.into_body().collect().await.map_err(|e| body_error(e.as_ref()))?.to_bytes())
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = req.into_body();
+    let mut buffer = BytesMut::with_capacity(declared);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| body_error(e.as_ref()))?;
+        if let Ok(data) = frame.into_data() {
+            if buffer.is_empty() && data.len() >= declared {
+                // One frame holds it all: keep it as it is.
+                buffer = BytesMut::from(data);
+            } else {
+                buffer.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(buffer.freeze())
 }
 
-/// Reads a FHIR JSON body: 415 for other media types, 413 over the limit, 400 for malformed JSON.
-pub(super) async fn read_fhir_body(req: GatewayRequest) -> Result<(http::request::Parts, Value), GatewayError> {
+/// Parses a client's JSON body under the client limits, media kept as payloads: 400 for malformed JSON,
+/// 413 (400 for nesting) naming the element that breaks a limit.
+fn parse_client_json(bytes: &Bytes, limits: &Limits, payloads: &mut Payloads) -> Result<Value, GatewayError> {
+    json::parse(bytes, limits, payloads).map_err(|e| match e {
+        ParseError::Syntax { line, column, .. } => {
+            GatewayError::invalid(format!("the body is not valid JSON (line {line}, column {column}): fix the syntax"))
+        }
+        ParseError::Limit(v) => {
+            let (status, code) = match v.kind {
+                LimitKind::Depth => (StatusCode::BAD_REQUEST, IssueCode::Invalid),
+                _ => (StatusCode::PAYLOAD_TOO_LARGE, IssueCode::TooLong),
+            };
+            let expression = v.expression("Media");
+            GatewayError::client(
+                status,
+                code,
+                format!(
+                    "`{expression}` {v}; the gateway takes at most {} (server.limits.client.{}): send less",
+                    v.limit,
+                    v.key()
+                ),
+            )
+            .with_expression(expression)
+        }
+    })
+}
+
+/// Reads a FHIR JSON body: 415 for other media types, 413 over the limits, 400 for malformed JSON.
+pub(super) async fn read_fhir_body(req: GatewayRequest, limits: &Limits) -> Result<(Value, Payloads), GatewayError> {
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !fhir::is_fhir_json(content_type) {
         return Err(unsupported_media_type(
             "send the resource as application/fhir+json (application/json and application/json+fhir are accepted too)",
         ));
     }
-    let (parts, body) = req.into_parts();
-    let bytes = body.collect().await.map_err(|e| body_error(e.as_ref()))?.to_bytes();
-    let value = serde_json::from_slice(&bytes).map_err(|e| {
-        GatewayError::invalid(format!(
-            "the body is not valid JSON (line {}, column {}): fix the syntax",
-            e.line(),
-            e.column()
-        ))
-    })?;
-    Ok((parts, value))
+    let bytes = read_body(req).await?;
+    let mut payloads = Payloads::default();
+    let value = parse_client_json(&bytes, limits, &mut payloads)?;
+    Ok((value, payloads))
 }
 
-pub(super) async fn check_patch_document(req: GatewayRequest) -> Result<json_patch::Patch, GatewayError> {
+/// Reads a JSON Patch document; values in it that are media stay payloads.
+pub(super) async fn check_patch_document(
+    req: GatewayRequest,
+    limits: &Limits,
+) -> Result<(json_patch::Patch, Payloads), GatewayError> {
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if content_type.split(';').next().map(str::trim) != Some("application/json-patch+json") {
         return Err(unsupported_media_type("PATCH needs an application/json-patch+json body (RFC 6902)"));
     }
     let bytes = read_body(req).await?;
-    serde_json::from_slice::<json_patch::Patch>(&bytes)
-        .map_err(|e| GatewayError::invalid(format!("the body is not a JSON Patch document (RFC 6902): {e}")))
+    let mut payloads = Payloads::default();
+    let value = parse_client_json(&bytes, limits, &mut payloads)?;
+    let patch = serde_json::from_value::<json_patch::Patch>(value)
+        .map_err(|e| GatewayError::invalid(format!("the body is not a JSON Patch document (RFC 6902): {e}")))?;
+    Ok((patch, payloads))
 }
 
 pub(super) fn validate_resource(resource: &Value) -> Result<(), GatewayError> {

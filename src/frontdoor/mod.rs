@@ -21,6 +21,7 @@ pub use search::SEARCH_PARAMS;
 use crate::body;
 use crate::error::{GatewayError, IssueCode};
 use crate::fhir::{self, validate};
+use crate::json::{self, Limits, Payloads};
 use crate::mapping::engine::{Context, Outcome, Run};
 use crate::mapping::{Category, Mapping};
 use crate::request::{GatewayRequest, GatewayResponse, RequestId, Route};
@@ -34,14 +35,24 @@ struct OrgCtx {
     client: Arc<UpstreamClient>,
     fhir_base: String,
     request_id: Option<String>,
+    /// How large a client's JSON body may be.
+    client_limits: Limits,
+    upstream_limits: Limits,
 }
 
 impl OrgCtx {
     fn context(&self) -> Context {
+        self.context_with(Payloads::default())
+    }
+
+    /// The context of a run over a body whose media are `payloads`.
+    fn context_with(&self, payloads: Payloads) -> Context {
         Context {
             fhir_base: self.fhir_base.clone(),
             params: self.client.settings().params.clone(),
             request_id: self.request_id.clone(),
+            payloads,
+            upstream_limits: self.upstream_limits,
         }
     }
 }
@@ -65,11 +76,32 @@ fn org_ctx(state: &AppState, req: &GatewayRequest, key: &str) -> Result<OrgCtx, 
         .cloned()
         .ok_or_else(|| GatewayError::gateway(format!("organization `{}` has no upstream connection", org.slug)))?;
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
-    Ok(OrgCtx { fhir_base: state.fhir_base(key), org, mapping, client, request_id })
+    let limits = &state.config.server.limits;
+    Ok(OrgCtx {
+        fhir_base: state.fhir_base(key),
+        org,
+        mapping,
+        client,
+        request_id,
+        client_limits: limits.client(),
+        upstream_limits: limits.upstream(),
+    })
 }
 
+/// A FHIR JSON response of a value the gateway built itself.
 pub fn json_response(status: StatusCode, value: &Value) -> GatewayResponse {
-    let mut r = Response::new(body::full(serde_json::to_vec(value).unwrap_or_default()));
+    with_fhir_json(status, body::full(serde_json::to_vec(value).unwrap_or_default()))
+}
+
+/// A FHIR JSON response of a value a run produced: media it refers to are spliced in as they stream.
+fn run_response(status: StatusCode, value: &Value, payloads: &Payloads) -> Result<GatewayResponse, GatewayError> {
+    let body = json::json_body(value, payloads)
+        .map_err(|_| GatewayError::gateway("a media value of the answer is no longer held"))?;
+    Ok(with_fhir_json(status, body::from_outgoing(body)))
+}
+
+fn with_fhir_json(status: StatusCode, body: body::Body) -> GatewayResponse {
+    let mut r = Response::new(body);
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(fhir::FHIR_JSON));
     r
@@ -108,8 +140,8 @@ pub async fn handle(state: Arc<AppState>, req: GatewayRequest) -> Result<Gateway
         }
         Route::Read { ref org, ref id } => {
             let o = org_ctx(&state, &req, org)?;
-            let resource = read(&o, id).await?;
-            Ok(resource_response(StatusCode::OK, &resource))
+            let (resource, payloads) = read(&o, id).await?;
+            resource_response(StatusCode::OK, &resource, &payloads)
         }
         Route::VRead { ref org, ref id, ref version } => {
             history::vread(&org_ctx(&state, &req, org)?, id, version).await
@@ -196,12 +228,16 @@ fn version_of(resource: &Value) -> String {
     resource.pointer("/meta/versionId").and_then(Value::as_str).unwrap_or("1").to_string()
 }
 
-fn resource_response(status: StatusCode, resource: &Value) -> GatewayResponse {
-    let mut r = json_response(status, resource);
+fn resource_response(
+    status: StatusCode,
+    resource: &Value,
+    payloads: &Payloads,
+) -> Result<GatewayResponse, GatewayError> {
+    let mut r = run_response(status, resource, payloads)?;
     if let Ok(etag) = HeaderValue::from_str(&format!("W/\"{}\"", version_of(resource))) {
         r.headers_mut().insert(header::ETAG, etag);
     }
-    r
+    Ok(r)
 }
 
 fn category_for<'a>(o: &'a OrgCtx, id: &str) -> Result<&'a Category, GatewayError> {
@@ -214,11 +250,12 @@ fn category_for<'a>(o: &'a OrgCtx, id: &str) -> Result<&'a Category, GatewayErro
     })
 }
 
-async fn read(o: &OrgCtx, id: &str) -> Result<Value, GatewayError> {
+/// The current resource, with the media it refers to (if any).
+async fn read(o: &OrgCtx, id: &str) -> Result<(Value, Payloads), GatewayError> {
     let category = category_for(o, id)?;
     let mut run = Run::read(&o.mapping, category, id, o.context())?;
     match o.client.run(&mut run).await? {
-        Outcome::Resource(r) => Ok(r),
+        Outcome::Resource(r) => Ok((r, run.take_payloads())),
         _ => Err(GatewayError::gateway("read did not produce a resource")),
     }
 }

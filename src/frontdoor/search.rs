@@ -5,7 +5,7 @@ use http::{StatusCode, header};
 use serde_json::json;
 
 use super::input::{query_params, read_body, single, unsupported_media_type};
-use super::{OrgCtx, bundle, choose_category, json_response};
+use super::{OrgCtx, bundle, choose_category, run_response};
 use crate::error::{GatewayError, IssueCode};
 use crate::mapping::engine::{self, Outcome, Run};
 use crate::request::{GatewayRequest, GatewayResponse};
@@ -129,7 +129,7 @@ pub(super) async fn search(o: &OrgCtx, params: Vec<(String, String)>) -> Result<
         let token = engine::encode_page_token(&token);
         links.push(json!({"relation": "next", "url": format!("{}/Media?_page={token}", o.fhir_base)}));
     }
-    Ok(json_response(StatusCode::OK, &bundle::searchset(o, links, entries, total)))
+    run_response(StatusCode::OK, &bundle::searchset(o, links, entries, total), run.payloads())
 }
 
 /// `POST _search`: form parameters join the query's.

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use super::input::{check_patch_document, query_params, read_fhir_body, single, validate_resource};
 use super::{OrgCtx, category_for, choose_category, json_response, read, resource_response, written_but_unread};
 use crate::error::{GatewayError, IssueCode};
+use crate::json::Payloads;
 use crate::mapping::engine::{self, Outcome, Run};
 use crate::mapping::{Category, Interaction, Mapping};
 use crate::request::{GatewayRequest, GatewayResponse};
@@ -15,7 +16,7 @@ use crate::state::AppState;
 pub(super) async fn create(state: &AppState, o: &OrgCtx, req: GatewayRequest) -> Result<GatewayResponse, GatewayError> {
     let params = query_params(&req)?;
     let requested = single(&params, "category")?;
-    let (_, resource) = read_fhir_body(req).await?;
+    let (resource, payloads) = read_fhir_body(req, &o.client_limits).await?;
     validate_resource(&resource)?;
     if resource.get("id").is_some() {
         return Err(
@@ -32,14 +33,14 @@ pub(super) async fn create(state: &AppState, o: &OrgCtx, req: GatewayRequest) ->
         .with_expression("category"));
     }
     let category = choose_category(&o.mapping, requested.or(from_extension).as_deref())?;
-    let mut run = Run::create(&o.mapping, category, resource, o.context())?;
+    let mut run = Run::create(&o.mapping, category, resource, o.context_with(payloads))?;
     let created = match o.client.run(&mut run).await? {
         Outcome::Resource(r) => r,
         Outcome::Written { id, problem } => return Ok(written_but_unread(o, &id, &problem, StatusCode::CREATED)),
         _ => return Err(GatewayError::gateway("create did not produce a resource")),
     };
-    state.created.record(&o.org.id, created.clone());
-    let mut response = resource_response(StatusCode::CREATED, &created);
+    state.created.record(&o.org.id, &created);
+    let mut response = resource_response(StatusCode::CREATED, &created, run.payloads())?;
     if let Some(id) = created.get("id").and_then(Value::as_str)
         && let Ok(location) = HeaderValue::from_str(&format!("{}/Media/{id}", o.fhir_base))
     {
@@ -75,7 +76,7 @@ pub(super) async fn put(
     req: GatewayRequest,
 ) -> Result<GatewayResponse, GatewayError> {
     let category = category_for(o, id)?;
-    let (_, resource) = read_fhir_body(req).await?;
+    let (resource, payloads) = read_fhir_body(req, &o.client_limits).await?;
     validate_resource(&resource)?;
     declared(o, category, "update", category.update.as_ref())?;
     match resource.get("id").and_then(Value::as_str) {
@@ -85,7 +86,7 @@ pub(super) async fn put(
                 .with_expression("Media.id"));
         }
     }
-    update(state, o, category, id, |_| Ok(resource)).await
+    update(state, o, category, id, payloads, |_| Ok(resource)).await
 }
 
 /// `PATCH` with a JSON Patch document, applied to the current resource.
@@ -98,9 +99,9 @@ pub(super) async fn patch(
     let category = category_for(o, id)?;
     // The document is checked first, so a malformed patch is reported as such even where the EHR
     // cannot update.
-    let patch = check_patch_document(req).await?;
+    let (patch, payloads) = check_patch_document(req, &o.client_limits).await?;
     declared(o, category, "patch", category.update.as_ref())?;
-    update(state, o, category, id, move |current| {
+    update(state, o, category, id, payloads, move |current| {
         let mut patched = current.clone();
         json_patch::patch(&mut patched, &patch).map_err(|e| {
             GatewayError::client(
@@ -151,20 +152,22 @@ async fn update(
     o: &OrgCtx,
     category: &Category,
     id: &str,
+    payloads: Payloads,
     make: impl FnOnce(&Value) -> Result<Value, GatewayError>,
 ) -> Result<GatewayResponse, GatewayError> {
-    let current = read(o, id).await?;
+    // What an EHR answers carries its media as content URLs, so `current` refers to none of its own.
+    let (current, current_payloads) = read(o, id).await?;
     let resource = make(&current)?;
     validate_resource(&resource)?;
     if engine::unchanged(&current, &resource) {
-        return Ok(resource_response(StatusCode::OK, &current));
+        return resource_response(StatusCode::OK, &current, &current_payloads);
     }
-    let mut run = Run::update(&o.mapping, category, id, resource, &current, o.context())?;
+    let mut run = Run::update(&o.mapping, category, id, resource, &current, o.context_with(payloads))?;
     let updated = match o.client.run(&mut run).await? {
         Outcome::Resource(r) => r,
         Outcome::Written { id, problem } => return Ok(written_but_unread(o, &id, &problem, StatusCode::OK)),
         _ => return Err(GatewayError::gateway("update did not produce a resource")),
     };
     state.created.replace(&o.org.id, &updated);
-    Ok(resource_response(StatusCode::OK, &updated))
+    resource_response(StatusCode::OK, &updated, run.payloads())
 }

@@ -241,6 +241,7 @@ fn run_case(mapping: &Mapping, case: &GoldenCase, category_name: &mut String) ->
         fhir_base: case.fhir_base.clone(),
         params: case.connection.clone(),
         request_id: case.request_id.clone(),
+        ..Context::default()
     };
     let category = match (&case.category, &case.request.id) {
         (Some(c), _) => mapping.category(c).ok_or_else(|| format!("no category `{c}`"))?,
@@ -345,11 +346,11 @@ fn compare_request(at: &str, expected: &ExpectedRequest, actual: &UpstreamReques
             failures.push(format!("{at}.headers.{name}: expected {value:?}, got {got:?}"));
         }
     }
-    let body: Option<Value> = actual.body.as_ref().map(|b| match actual.content_type {
+    let body: Option<Value> = actual.body.as_ref().map(|b| b.to_bytes()).map(|b| match actual.content_type {
         Some("application/x-www-form-urlencoded") => {
-            json!(form_urlencoded::parse(b).into_owned().collect::<BTreeMap<String, String>>())
+            json!(form_urlencoded::parse(&b).into_owned().collect::<BTreeMap<String, String>>())
         }
-        _ => serde_json::from_slice(b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into_owned())),
+        _ => serde_json::from_slice(&b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into_owned())),
     });
     match (&expected.body, &body) {
         (None, None) => {}

@@ -8,6 +8,7 @@ mod diagnostics;
 pub mod engine;
 pub mod golden;
 pub mod ids;
+mod jsonpath;
 mod model;
 mod registry;
 pub mod spec;

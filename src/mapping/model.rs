@@ -213,6 +213,7 @@ pub struct Mapping {
     pub connection_params: Vec<String>,
     pub request_id_header: Option<String>,
     pub category_extension: Option<String>,
+    pub max_upload_bytes: Option<u64>,
 }
 
 impl Mapping {

@@ -37,6 +37,10 @@ pub struct MappingFile {
     /// `category` query parameter.
     #[serde(default)]
     pub category_extension: Option<String>,
+    /// The largest file (decoded `content.data`) the EHR takes; bigger ones are refused with 413 before
+    /// any upstream call.
+    #[serde(default)]
+    pub max_upload_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

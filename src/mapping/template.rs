@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use http::HeaderMap;
 use jsonpath_rust::parser::model::JpQuery;
 use jsonpath_rust::parser::parse_json_path;
-use jsonpath_rust::query::js_path_process;
 use serde_json::{Map, Value};
 
+use super::jsonpath;
 use super::transform::{self, TransformContext};
 
 /// What expressions read from.
@@ -151,8 +151,8 @@ impl Expression {
     pub fn eval(&self, scope: &Scope) -> Result<Option<Value>, String> {
         let mut value = match &self.source {
             Source::Path { query, definite } => {
-                let found = js_path_process(query, scope.document).map_err(|e| e.to_string())?;
-                let values: Vec<Value> = found.into_iter().map(|r| r.val().clone()).filter(|v| !v.is_null()).collect();
+                let values: Vec<Value> =
+                    jsonpath::select(query, scope.document).into_iter().filter(|v| !v.is_null()).cloned().collect();
                 if *definite {
                     values.into_iter().next()
                 } else if values.is_empty() {

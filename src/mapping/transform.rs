@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::ids::IdTemplate;
+use crate::json::{Payload, Payloads};
 
 /// Code tables by name: source code → target code.
 pub type CodeTables = BTreeMap<String, BTreeMap<String, String>>;
@@ -17,6 +18,8 @@ pub struct TransformContext<'a> {
     pub id_template: Option<&'a IdTemplate>,
     /// The mapping's code tables, for `code`.
     pub code_tables: Option<&'a CodeTables>,
+    /// The media values stand for by marker, for `base64_size` and `base64_media_type`.
+    pub payloads: Option<&'a Payloads>,
 }
 
 /// Every built-in transform: name, whether it takes an argument, and a one-line description.
@@ -76,6 +79,8 @@ fn apply_one(name: &str, arg: Option<&str>, input: &Value, ctx: &TransformContex
         }
     };
     let arg = arg.unwrap_or("");
+    // Media held outside the tree: its size and type come from the payload, never from the marker text.
+    let payload = ctx.payloads.and_then(|p| p.of(input));
     Ok(Some(match name {
         "code" => {
             let s = text()?;
@@ -127,6 +132,7 @@ fn apply_one(name: &str, arg: Option<&str>, input: &Value, ctx: &TransformContex
                 None => return Err(format!("the category id has no part `{arg}`")),
             }
         }
+        "base64_size" if payload.is_some() => Value::from(payload.map_or(0, Payload::decoded_len)),
         "base64_size" => {
             let s = text()?;
             let bytes = base64::engine::general_purpose::STANDARD
@@ -229,12 +235,17 @@ fn apply_one(name: &str, arg: Option<&str>, input: &Value, ctx: &TransformContex
             return Ok(bound.map(Value::String));
         }
         "base64_media_type" => {
-            let s = text()?;
-            let head: String = s.chars().take(16).collect();
-            let head = head.get(..head.len() / 4 * 4).unwrap_or("");
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(head.as_bytes())
-                .map_err(|_| "not valid base64".to_string())?;
+            let bytes = match payload {
+                Some(p) => p.head(12),
+                None => {
+                    let s = text()?;
+                    let head: String = s.chars().take(16).collect();
+                    let head = head.get(..head.len() / 4 * 4).unwrap_or("");
+                    base64::engine::general_purpose::STANDARD
+                        .decode(head.as_bytes())
+                        .map_err(|_| "not valid base64".to_string())?
+                }
+            };
             let kind = if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
                 "image/jpeg"
             } else if bytes.starts_with(&[0x89, b'P', b'N', b'G']) {
@@ -366,7 +377,7 @@ mod tests {
     #[test]
     fn code_tables_translate_and_reject_unknown_codes() {
         let tables: CodeTables = [("side".to_string(), [("left".to_string(), "L".to_string())].into())].into();
-        let ctx = TransformContext { id_template: None, code_tables: Some(&tables) };
+        let ctx = TransformContext { id_template: None, code_tables: Some(&tables), payloads: None };
         assert_eq!(apply("code", Some("side"), &json!("left"), &ctx).unwrap(), Some(json!("L")));
         let e = apply("code", Some("side"), &json!("right"), &ctx).unwrap_err();
         assert!(e.contains("known codes: left"), "{e}");
@@ -393,7 +404,7 @@ mod tests {
     fn item_transforms_map_over_lists_and_list_transforms_take_them_whole() {
         let tables: CodeTables =
             [("f".to_string(), [("departmentid".to_string(), "departmentId".to_string())].into())].into();
-        let ctx = TransformContext { id_template: None, code_tables: Some(&tables) };
+        let ctx = TransformContext { id_template: None, code_tables: Some(&tables), payloads: None };
         assert_eq!(
             apply("code_or_keep", Some("f"), &json!(["departmentid", "image"]), &ctx).unwrap(),
             Some(json!(["departmentId", "image"]))

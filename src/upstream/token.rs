@@ -115,7 +115,7 @@ impl TokenCache {
             method: Method::POST,
             url: s.token_url.clone(),
             headers,
-            body: Some(Bytes::from(body)),
+            body: Some(Bytes::from(body).into()),
             timeout: s.timeout,
         };
         let response = self.transport.send(request).await.map_err(|e| match e {
@@ -198,7 +198,7 @@ mod tests {
         fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<UpstreamResponse, TransportError>> {
             Box::pin(async move {
                 let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-                let body = String::from_utf8(request.body.unwrap().to_vec()).unwrap();
+                let body = String::from_utf8(request.body.unwrap().to_bytes().to_vec()).unwrap();
                 assert!(body.contains("grant_type=client_credentials") && body.contains("client_secret=s3cret"));
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let body =

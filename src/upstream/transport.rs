@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::{HeaderMap, Method};
 
+use crate::json::OutgoingBody;
 use crate::mapping::engine::UpstreamResponse;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
@@ -20,7 +21,7 @@ pub struct HttpRequest {
     pub method: Method,
     pub url: String,
     pub headers: Vec<(String, String)>,
-    pub body: Option<Bytes>,
+    pub body: Option<OutgoingBody>,
     pub timeout: Duration,
 }
 
@@ -86,7 +87,13 @@ impl ReqwestTransport {
             builder = builder.header(k, v);
         }
         if let Some(body) = request.body {
-            builder = builder.body(body);
+            builder = match body.as_single() {
+                Some(bytes) => builder.body(bytes.clone()),
+                // A body in chunks (media spliced in) streams, with its length declared up front.
+                None => builder
+                    .header(http::header::CONTENT_LENGTH, body.len())
+                    .body(reqwest::Body::wrap_stream(body.stream())),
+            };
         }
         builder
     }

@@ -419,6 +419,7 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
             connection_params: spec.connection_params,
             request_id_header: spec.request_id_header,
             category_extension: spec.category_extension,
+            max_upload_bytes: spec.max_upload_bytes,
         },
         c.diagnostics,
     ))

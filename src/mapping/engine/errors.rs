@@ -48,12 +48,22 @@ pub fn unsupported_param(mapping: &Mapping, category: &Category, name: &str) -> 
     .with_expression(name.to_string())
 }
 
+/// An error answer's body as JSON, `null` when it is not JSON or too large to be an error message.
+fn error_document(response: &UpstreamResponse) -> Value {
+    crate::json::parse(&response.body, &crate::json::Limits::UPSTREAM, &mut crate::json::Payloads::default())
+        .unwrap_or(Value::Null)
+}
+
 /// The index of the error rule that applies to an upstream answer, if any (first match wins).
 pub fn matching_rule(mapping: &Mapping, response: &UpstreamResponse) -> Option<usize> {
-    let document: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+    let document = error_document(response);
     let empty = BTreeMap::new();
-    let scope =
-        Scope { document: &document, vars: &empty, headers: Some(&response.headers), transforms: env(mapping, None) };
+    let scope = Scope {
+        document: &document,
+        vars: &empty,
+        headers: Some(&response.headers),
+        transforms: env(mapping, None, None),
+    };
     mapping.errors.iter().position(|r| {
         r.status.matches(response.status)
             && r.when.as_ref().is_none_or(|w| {
@@ -74,7 +84,7 @@ pub fn matching_rule(mapping: &Mapping, response: &UpstreamResponse) -> Option<u
 /// Applies the mapping's error table to an upstream answer that is not a success.
 pub fn translate_error(mapping: &Mapping, response: &UpstreamResponse, vars: &BTreeMap<String, Value>) -> GatewayError {
     let side = Side::Upstream(mapping.display_name.clone());
-    let document: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+    let document = error_document(response);
     let retry_after = response
         .headers
         .get(http::header::RETRY_AFTER)
@@ -83,8 +93,12 @@ pub fn translate_error(mapping: &Mapping, response: &UpstreamResponse, vars: &BT
         .map(std::time::Duration::from_secs);
     match matching_rule(mapping, response).map(|i| &mapping.errors[i]) {
         Some(rule) => {
-            let scope =
-                Scope { document: &document, vars, headers: Some(&response.headers), transforms: env(mapping, None) };
+            let scope = Scope {
+                document: &document,
+                vars,
+                headers: Some(&response.headers),
+                transforms: env(mapping, None, None),
+            };
             let message = rule
                 .message
                 .render(&scope)

@@ -18,6 +18,7 @@ use serde_json::Value;
 use super::transform::TransformContext;
 use super::{Category, Mapping};
 use crate::error::GatewayError;
+use crate::json::{Limits, OutgoingBody, Payloads};
 
 pub use changes::{changes, unchanged};
 pub use errors::{matching_rule, not_supported, translate_error, unsupported_param};
@@ -33,7 +34,7 @@ pub struct UpstreamRequest {
     pub path: String,
     pub query: Vec<(String, String)>,
     pub headers: Vec<(String, String)>,
-    pub body: Option<Bytes>,
+    pub body: Option<OutgoingBody>,
     pub content_type: Option<&'static str>,
     /// Sending it twice has the effect of sending it once (the mapping's step says so).
     pub idempotent: bool,
@@ -45,7 +46,7 @@ impl std::fmt::Debug for UpstreamRequest {
             .field("method", &self.method)
             .field("path", &self.path)
             .field("query_keys", &self.query.iter().map(|(k, _)| k).collect::<Vec<_>>())
-            .field("body_bytes", &self.body.as_ref().map(Bytes::len))
+            .field("body_bytes", &self.body.as_ref().map(OutgoingBody::len))
             .finish_non_exhaustive()
     }
 }
@@ -65,7 +66,7 @@ pub struct UpstreamResponse {
 }
 
 /// What the gateway needs to build client-facing values and upstream requests.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Context {
     /// The organization's FHIR base as clients see it, e.g. `http://127.0.0.1:8080/organizations/demo-canvas/fhir/4`.
     pub fhir_base: String,
@@ -73,6 +74,23 @@ pub struct Context {
     pub params: BTreeMap<String, String>,
     /// The gateway request id, sent upstream when the mapping names a `request_id_header`.
     pub request_id: Option<String>,
+    /// The media of the request (and, while a run reads them, of the EHR's answers) that its values
+    /// stand for by marker.
+    pub payloads: Payloads,
+    /// How large an EHR's JSON answer may be.
+    pub upstream_limits: Limits,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context {
+            fhir_base: String::new(),
+            params: BTreeMap::new(),
+            request_id: None,
+            payloads: Payloads::default(),
+            upstream_limits: Limits::UPSTREAM,
+        }
+    }
 }
 
 /// Where the next page of a search starts.
@@ -132,6 +150,10 @@ fn scalar_text(v: &Value) -> Option<String> {
 }
 
 /// What transforms may use while mapping within `category` of `mapping`.
-fn env<'a>(mapping: &'a Mapping, category: Option<&'a Category>) -> TransformContext<'a> {
-    TransformContext { id_template: category.map(|c| &c.id), code_tables: Some(&mapping.code_tables) }
+fn env<'a>(
+    mapping: &'a Mapping,
+    category: Option<&'a Category>,
+    payloads: Option<&'a Payloads>,
+) -> TransformContext<'a> {
+    TransformContext { id_template: category.map(|c| &c.id), code_tables: Some(&mapping.code_tables), payloads }
 }

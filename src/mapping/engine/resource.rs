@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::errors::mapping_error;
 use super::{Context, env};
 use crate::error::{GatewayError, Issue, IssueCode};
+use crate::json::Payloads;
 use crate::mapping::template::Scope;
 use crate::mapping::{Category, Interaction, Mapping};
 
@@ -40,7 +41,7 @@ pub(super) fn bind_object(
     upstream: &Value,
     vars: &BTreeMap<String, Value>,
 ) -> Result<BTreeMap<String, Value>, GatewayError> {
-    let scope = Scope { document: upstream, vars, headers: None, transforms: env(mapping, Some(category)) };
+    let scope = Scope { document: upstream, vars, headers: None, transforms: env(mapping, Some(category), None) };
     let mut id_vars = BTreeMap::new();
     for (name, expr) in &category.bind {
         let value = expr.eval_string(&scope).map_err(|e| mapping_error(mapping, e))?.ok_or_else(|| {
@@ -70,7 +71,8 @@ pub fn normalize(
     vars.extend(bound);
     let gateway_id = vars.get("gateway_id").and_then(Value::as_str).unwrap_or_default().to_string();
     vars.insert("content_url".into(), Value::String(format!("{}/Media/{gateway_id}/$content", ctx.fhir_base)));
-    let scope = Scope { document: upstream, vars: &vars, headers: None, transforms: env(mapping, Some(category)) };
+    let transforms = env(mapping, Some(category), Some(&ctx.payloads));
+    let scope = Scope { document: upstream, vars: &vars, headers: None, transforms };
     category
         .template
         .render(&scope)
@@ -84,9 +86,11 @@ pub fn run_checks(
     interaction: &Interaction,
     resource: &Value,
     category: &Category,
+    payloads: &Payloads,
 ) -> Result<(), GatewayError> {
     let empty = BTreeMap::new();
-    let scope = Scope { document: resource, vars: &empty, headers: None, transforms: env(mapping, Some(category)) };
+    let transforms = env(mapping, Some(category), Some(payloads));
+    let scope = Scope { document: resource, vars: &empty, headers: None, transforms };
     let mut failures: Vec<(StatusCode, Issue)> = Vec::new();
     for check in &interaction.checks {
         let issue = |code, message: String| Issue { code, message, expression: vec![check.expression.clone()] };

@@ -5,14 +5,14 @@ mod start;
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
-use http::{HeaderMap, Method};
+use http::{HeaderMap, Method, StatusCode};
 use serde_json::Value;
 
 use super::errors::{mapping_error, translate_error};
 use super::resource::{bind_object, normalize};
 use super::{Context, NextPage, Outcome, UpstreamRequest, UpstreamResponse, env, scalar_text, truthy};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, IssueCode, Side};
+use crate::json::{self, ParseError, Payloads};
 use crate::mapping::template::{Expression, Scope};
 use crate::mapping::{Category, Each, Encoding, Mapping, Paging, Step, StepResult};
 
@@ -72,7 +72,8 @@ impl<'m> Run<'m> {
     }
 
     fn scope<'a>(&'a self, document: &'a Value, headers: Option<&'a HeaderMap>) -> Scope<'a> {
-        Scope { document, vars: &self.vars, headers, transforms: env(self.mapping, Some(self.category)) }
+        let transforms = env(self.mapping, Some(self.category), Some(&self.ctx.payloads));
+        Scope { document, vars: &self.vars, headers, transforms }
     }
 
     /// Moves past steps whose `when`/`unless` say they do not apply.
@@ -193,26 +194,38 @@ impl<'m> Run<'m> {
                 headers.push((k.clone(), v));
             }
         }
+        // Media belong in bodies: a value that large cannot go into a URL or a header.
+        if std::iter::once(&path)
+            .chain(query.iter().map(|q| &q.1))
+            .chain(headers.iter().map(|h| &h.1))
+            .any(|v| json::contains_marker(v))
+        {
+            return Err(GatewayError::invalid(
+                "a value of the request is too large for an upstream URL or header; send media in content.data",
+            ));
+        }
+        let unknown = |_| GatewayError::gateway("a media value of this request is no longer held");
         let (body, content_type) = match &step.body {
             None => (None, None),
             Some(t) => {
                 let value = t.render(scope).map_err(client_err)?.unwrap_or(Value::Object(Default::default()));
                 match step.encoding {
                     Encoding::Json => {
-                        (Some(Bytes::from(serde_json::to_vec(&value).unwrap_or_default())), Some("application/json"))
+                        (Some(json::json_body(&value, &self.ctx.payloads).map_err(unknown)?), Some("application/json"))
                     }
                     Encoding::Form => {
-                        let mut form = form_urlencoded::Serializer::new(String::new());
+                        let mut fields = Vec::new();
                         if let Value::Object(map) = &value {
                             for (k, v) in map {
                                 let text = match v {
                                     Value::String(s) => s.clone(),
                                     other => other.to_string(),
                                 };
-                                form.append_pair(k, &text);
+                                fields.push((k.clone(), text));
                             }
                         }
-                        (Some(Bytes::from(form.finish())), Some("application/x-www-form-urlencoded"))
+                        let body = json::form_body(&fields, &self.ctx.payloads).map_err(unknown)?;
+                        (Some(body), Some("application/x-www-form-urlencoded"))
                     }
                 }
             }
@@ -240,16 +253,56 @@ impl<'m> Run<'m> {
         Ok(vars)
     }
 
-    /// Parses an answer body as JSON (empty and byte bodies are `null`).
-    fn document(&self, step: Option<&Step>, response: &UpstreamResponse) -> Result<Value, GatewayError> {
+    /// Parses an answer body as JSON (empty and byte bodies are `null`), under the upstream limits, its
+    /// media kept as payloads.
+    fn document(&mut self, step: Option<&Step>, response: &UpstreamResponse) -> Result<Value, GatewayError> {
         if step.is_some_and(|s| s.result == Some(StepResult::Bytes))
             || response.body.iter().all(u8::is_ascii_whitespace)
         {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&response.body).map_err(|_| {
-            mapping_error(self.mapping, format!("{} answered with a body that is not JSON", self.mapping.display_name))
+        let ehr = &self.mapping.display_name;
+        json::parse(&response.body, &self.ctx.upstream_limits, &mut self.ctx.payloads).map_err(|e| match e {
+            ParseError::Syntax { .. } => {
+                mapping_error(self.mapping, format!("{ehr} answered with a body that is not JSON"))
+            }
+            ParseError::Limit(v) => GatewayError::new(
+                StatusCode::BAD_GATEWAY,
+                IssueCode::TooCostly,
+                Side::Upstream(ehr.clone()),
+                format!(
+                    "{ehr} answered with `{}`, which {v} (the gateway's limit for EHR answers, \
+                     server.limits.upstream.{}); the gateway does not process answers that large",
+                    v.expression("$"),
+                    v.key()
+                ),
+            ),
         })
+    }
+
+    /// The media of this run's inputs and answers.
+    pub fn payloads(&self) -> &Payloads {
+        &self.ctx.payloads
+    }
+
+    /// The media of this run, for a value that outlives it.
+    pub fn take_payloads(&mut self) -> Payloads {
+        std::mem::take(&mut self.ctx.payloads)
+    }
+
+    /// Drops the media of answers read since `mark` that no value the run keeps points at.
+    fn release_answers_since(&mut self, mark: usize, outcome: Option<&Outcome>) {
+        let Run { vars, pending, ctx, .. } = self;
+        let mut keep: Vec<&Value> = vars.values().collect();
+        if let Some(p) = pending {
+            keep.extend(p.raw.iter().chain(&p.kept));
+        }
+        match outcome {
+            Some(Outcome::Resource(r)) => keep.push(r),
+            Some(Outcome::Page { entries, .. }) => keep.extend(entries),
+            _ => {}
+        }
+        ctx.payloads.release_unreferenced_since(mark, keep);
     }
 
     /// Checks an answer's status and success predicate; `Err` is the translated failure.
@@ -274,6 +327,17 @@ impl<'m> Run<'m> {
 
     /// Feeds the current step's response. `Ok(None)`: send the next request.
     pub fn on_response(&mut self, response: &UpstreamResponse) -> Result<Option<Outcome>, GatewayError> {
+        // An answer's media live only as long as something taken from the answer refers to them: a
+        // search that reads twenty images holds one at a time.
+        let mark = self.ctx.payloads.mark();
+        let result = self.read_response(response);
+        if let Ok(outcome) = &result {
+            self.release_answers_since(mark, outcome.as_ref());
+        }
+        result
+    }
+
+    fn read_response(&mut self, response: &UpstreamResponse) -> Result<Option<Outcome>, GatewayError> {
         if self.pending.is_some() {
             return self.on_entry_response(response);
         }

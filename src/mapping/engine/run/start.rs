@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::Run;
 use crate::error::{GatewayError, Issue, IssueCode};
+use crate::json::Payloads;
 use crate::mapping::engine::resource::id_vars;
 use crate::mapping::engine::{Context, changes, env, not_supported, run_checks, unsupported_param};
 use crate::mapping::template::Scope;
@@ -82,7 +83,8 @@ impl<'m> Run<'m> {
         ctx: Context,
     ) -> Result<Self, GatewayError> {
         let interaction = category.create.as_ref().ok_or_else(|| not_supported(mapping, "create", Some(category)))?;
-        run_checks(mapping, interaction, &resource, category)?;
+        check_upload_size(mapping, &resource, &ctx.payloads)?;
+        run_checks(mapping, interaction, &resource, category, &ctx.payloads)?;
         let mut run = Run::new(mapping, category, &interaction.steps, BTreeMap::new(), resource, ctx)?;
         run.serialize_by = &interaction.serialize_writes_by;
         run.bind_input(interaction)?;
@@ -115,7 +117,7 @@ impl<'m> Run<'m> {
         let vars = id_vars(category, gateway_id, &ctx)?;
         let mut problems: Vec<Issue> = Vec::new();
         let empty = BTreeMap::new();
-        let env = env(mapping, Some(category));
+        let env = env(mapping, Some(category), Some(&ctx.payloads));
         let new_scope = Scope { document: &resource, vars: &empty, headers: None, transforms: env };
         let old_scope = Scope { document: current, vars: &empty, headers: None, transforms: env };
         for rule in &interaction.unchangeable {
@@ -133,7 +135,8 @@ impl<'m> Run<'m> {
         if !problems.is_empty() {
             return Err(GatewayError::client_issues(StatusCode::UNPROCESSABLE_ENTITY, problems));
         }
-        run_checks(mapping, interaction, &resource, category)?;
+        check_upload_size(mapping, &resource, &ctx.payloads)?;
+        run_checks(mapping, interaction, &resource, category, &ctx.payloads)?;
         // The steps see only what changed, so fields the EHR appends to (athena's internal note) are
         // not sent again unchanged.
         let mut run = Run::new(mapping, category, &interaction.steps, vars, changes(current, &resource), ctx)?;
@@ -182,7 +185,7 @@ impl<'m> Run<'m> {
             vars.insert(k.clone(), Value::String(v.clone()));
         }
         let input = Value::Object(input);
-        run_checks(mapping, interaction, &input, category)?;
+        run_checks(mapping, interaction, &input, category, &ctx.payloads)?;
         let given = !params.is_empty();
         let mut run = Run::assemble(mapping, category, &interaction.steps, vars, input, ctx);
         if !interaction.params.is_empty() {
@@ -239,8 +242,12 @@ impl<'m> Run<'m> {
             let Some(expr) = search.params.get(name) else {
                 return Err(unsupported_param(mapping, category, name));
             };
-            let scope =
-                Scope { document: &Value::Null, vars: &raw, headers: None, transforms: env(mapping, Some(category)) };
+            let scope = Scope {
+                document: &Value::Null,
+                vars: &raw,
+                headers: None,
+                transforms: env(mapping, Some(category), None),
+            };
             match expr.eval(&scope) {
                 Ok(Some(v)) => {
                     vars.insert(name.clone(), v);
@@ -328,4 +335,27 @@ impl<'m> Run<'m> {
         run.next_link = Some((path.to_string(), query));
         Ok(run)
     }
+}
+
+/// 413 when the file (`content.data`, decoded) is larger than the EHR takes (`max_upload_bytes`).
+fn check_upload_size(mapping: &Mapping, resource: &Value, payloads: &Payloads) -> Result<(), GatewayError> {
+    let Some(limit) = mapping.max_upload_bytes else { return Ok(()) };
+    let data = resource.pointer("/content/data");
+    let size = match (data.and_then(|d| payloads.of(d)), data.and_then(Value::as_str)) {
+        (Some(payload), _) => payload.decoded_len() as u64,
+        (None, Some(text)) => (text.len() / 4 * 3) as u64,
+        (None, None) => return Ok(()),
+    };
+    if size <= limit {
+        return Ok(());
+    }
+    Err(GatewayError::client(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        IssueCode::TooLong,
+        format!(
+            "{} takes files up to {limit} bytes (the mapping's max_upload_bytes); this one is {size} bytes",
+            mapping.display_name
+        ),
+    )
+    .with_expression("Media.content.data"))
 }
