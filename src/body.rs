@@ -24,8 +24,34 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-/// Maps an error from reading a request body: the limit becomes 413, anything else a 400.
+/// How soon a client turned away by the memory budget may send again.
+pub const BUDGET_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A body read stopped because the gateway's memory budget for request bodies is used up.
+#[derive(Debug)]
+pub struct BudgetExhausted;
+
+impl std::fmt::Display for BudgetExhausted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the gateway's memory budget for request bodies is used up")
+    }
+}
+
+impl std::error::Error for BudgetExhausted {}
+
+/// Maps an error from reading a request body: the limit becomes 413, the memory budget 503, anything
+/// else a 400.
 pub fn body_error(error: &(dyn std::error::Error + 'static)) -> GatewayError {
+    if error.is::<BudgetExhausted>() {
+        return GatewayError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            IssueCode::Transient,
+            crate::error::Side::Gateway,
+            "the gateway is handling as many request bodies as its memory budget allows; send this again shortly",
+        )
+        .retryable(true)
+        .with_retry_after(Some(BUDGET_RETRY_AFTER));
+    }
     if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
         GatewayError::client(
             StatusCode::PAYLOAD_TOO_LARGE,

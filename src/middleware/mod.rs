@@ -8,6 +8,7 @@ pub mod authorize;
 pub mod body_limit;
 pub mod cdata;
 pub mod edge;
+pub mod memory_budget;
 pub mod organization;
 pub mod request_id;
 pub mod timeout;

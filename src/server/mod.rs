@@ -34,6 +34,7 @@ use crate::middleware::auth::AuthLayer;
 use crate::middleware::authorize::AuthorizeLayer;
 use crate::middleware::body_limit::BodyLimitLayer;
 use crate::middleware::edge::EdgeLayer;
+use crate::middleware::memory_budget::MemoryBudgetLayer;
 use crate::middleware::organization::OrganizationLayer;
 use crate::middleware::request_id::RequestIdLayer;
 use crate::middleware::timeout::TimeoutLayer;
@@ -114,6 +115,10 @@ pub fn build_service(state: Arc<AppState>) -> GatewayService {
         .layer(AuthLayer::new(&config.clients))
         .layer(OrganizationLayer::new(state.directory.clone()))
         .layer(AuthorizeLayer)
+        .layer(MemoryBudgetLayer::new(
+            config.server.memory_budget(),
+            Duration::from_millis(config.server.memory_budget_wait_ms),
+        ))
         .service(router);
     BoxCloneService::new(stack)
 }

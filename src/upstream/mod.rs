@@ -23,6 +23,14 @@ use retry::{Attempt, retry_delay};
 use token::TokenCache;
 use transport::{HttpRequest, StreamingResponse, Transport, TransportError};
 
+/// An answer's `Retry-After`, as a delay from now.
+fn retry_after_of(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| retry::parse_retry_after(v, std::time::SystemTime::now()))
+}
+
 /// Settings of one connection's client.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
@@ -176,25 +184,50 @@ impl UpstreamClient {
         result
     }
 
-    /// Opens the content stream of a run whose single step yields bytes.
+    /// Opens the content stream of a run whose single step yields bytes. Until the first byte reaches
+    /// the client it is retried like any read (connect errors, resets, timeouts, 5xx, 429); once bytes
+    /// flow, a broken stream ends the response.
     pub async fn stream(&self, run: &Run<'_>) -> Result<StreamingResponse, GatewayError> {
         let request = run.next_request()?;
         let _permit = self.permits.acquire().await.map_err(|_| GatewayError::gateway("connection closed"))?;
+        let idempotent = request.is_idempotent();
         let mut refreshed = false;
+        let mut attempt = 0;
         loop {
+            attempt += 1;
             let token = self.tokens.get().await?;
-            let response = self
-                .transport
-                .stream(self.http_request(&request, &token))
-                .await
-                .map_err(|e| self.transport_error(e, true))?;
-            if response.status == 401 && !refreshed {
+            let result = self.transport.stream(self.http_request(&request, &token)).await;
+            // No borrow of the response may live across an await: its body stream is not `Sync`.
+            let outcome = match &result {
+                Ok(r) => Attempt::Status { status: r.status, retry_after: retry_after_of(&r.headers) },
+                Err(e) => Attempt::Failed(e.clone()),
+            };
+            if matches!(outcome, Attempt::Status { status: 401, .. }) && !refreshed {
                 refreshed = true;
+                attempt -= 1;
+                drop(result);
                 self.tokens.invalidate(&token).await;
                 continue;
             }
-            return Ok(response);
+            if let Some(delay) = self.retry_plan(&outcome, idempotent, attempt) {
+                drop(result);
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            return result.map_err(|e| self.transport_error(e, idempotent));
         }
+    }
+
+    /// How long to wait before sending again, for an outcome the transport-level retries cover
+    /// (failures, 429 and 5xx); `None` to answer with it.
+    fn retry_plan(&self, outcome: &Attempt, idempotent: bool, attempt: u32) -> Option<std::time::Duration> {
+        let retryable_status = matches!(outcome, Attempt::Status { status, .. } if *status == 429 || *status >= 500);
+        if !(matches!(outcome, Attempt::Failed(_)) || retryable_status) {
+            return None;
+        }
+        let delay = retry_delay(outcome, idempotent, attempt, self.settings.max_attempts)?;
+        tracing::debug!(connection = %self.settings.name, attempt, delay_ms = delay.as_millis() as u64, "retrying upstream request");
+        Some(delay)
     }
 
     fn http_request(&self, request: &UpstreamRequest, token: &Secret) -> HttpRequest {
@@ -237,22 +270,10 @@ impl UpstreamClient {
                     self.tokens.invalidate(&token).await;
                     continue;
                 }
-                Ok(r) => Attempt::Status {
-                    status: r.status,
-                    retry_after: r
-                        .headers
-                        .get(http::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| retry::parse_retry_after(v, std::time::SystemTime::now())),
-                },
+                Ok(r) => Attempt::Status { status: r.status, retry_after: retry_after_of(&r.headers) },
                 Err(e) => Attempt::Failed(e.clone()),
             };
-            let retryable_status =
-                matches!(&outcome, Attempt::Status { status, .. } if *status == 429 || *status >= 500);
-            if (matches!(outcome, Attempt::Failed(_)) || retryable_status)
-                && let Some(delay) = retry_delay(&outcome, idempotent, attempt, self.settings.max_attempts)
-            {
-                tracing::debug!(connection = %self.settings.name, attempt, delay_ms = delay.as_millis() as u64, "retrying upstream request");
+            if let Some(delay) = self.retry_plan(&outcome, idempotent, attempt) {
                 tokio::time::sleep(delay).await;
                 continue;
             }

@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use http::{HeaderMap, Method};
 
@@ -99,6 +99,9 @@ impl ReqwestTransport {
     }
 }
 
+/// The most an answer's `Content-Length` reserves up front; a larger answer grows as it arrives.
+const MAX_PREALLOCATED: u64 = 256 * 1024 * 1024;
+
 fn classify(e: &reqwest::Error) -> TransportError {
     if e.is_timeout() {
         TransportError::Timeout
@@ -113,11 +116,21 @@ impl Transport for ReqwestTransport {
     fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<UpstreamResponse, TransportError>> {
         let builder = Self::build(&self.client, request);
         Box::pin(async move {
-            let response = builder.send().await.map_err(|e| classify(&e))?;
+            let mut response = builder.send().await.map_err(|e| classify(&e))?;
             let status = response.status().as_u16();
             let headers = response.headers().clone();
-            let body = response.bytes().await.map_err(|e| classify(&e))?;
-            Ok(UpstreamResponse { status, headers, body })
+            // Chunks are moved into one buffer sized from Content-Length as they arrive, so an answer
+            // is held once (collecting them first and joining them after would hold it twice).
+            let declared = response.content_length().unwrap_or(0).min(MAX_PREALLOCATED) as usize;
+            let mut body = BytesMut::with_capacity(declared);
+            while let Some(chunk) = response.chunk().await.map_err(|e| classify(&e))? {
+                if body.is_empty() && chunk.len() >= declared {
+                    body = BytesMut::from(chunk);
+                } else {
+                    body.extend_from_slice(&chunk);
+                }
+            }
+            Ok(UpstreamResponse { status, headers, body: body.freeze() })
         })
     }
 

@@ -398,8 +398,15 @@ impl<'m> Run<'m> {
                 self.vars.insert("gateway_id".into(), Value::String(id));
             }
         }
-        self.wrote |= !matches!(step.method, Method::GET | Method::HEAD);
+        let writes = !matches!(step.method, Method::GET | Method::HEAD);
+        self.wrote |= writes;
         self.index += 1;
+        if writes && self.steps[self.index..].iter().all(|s| s.body.is_none()) {
+            // The write is answered and no later step sends a body: the request's media (the upload
+            // buffer) go now, before the read-back brings the EHR's copy.
+            let Run { vars, ctx, .. } = self;
+            ctx.payloads.release_unreferenced_since(0, vars.values());
+        }
         let outcome = match step.result {
             None if !self.is_done() => {
                 self.skip_inactive()?;
