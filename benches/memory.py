@@ -413,6 +413,16 @@ class Bench:
                 "canvas-notes-400k", len(body), many_notes,
                 lambda r: None if str(r["outcome"]).startswith("4") else self.at_most(r, 3 * len(body) / MIB),
             )
+        if want("canvas-20-notes-1000"):
+            body = canvas_media(jpeg(1024, 600), 1000)
+
+            def notes_1000():
+                statuses = [self.gw.request("POST", f"{self.canvas}/Media", body)[0] for _ in range(20)]
+                if set(statuses) != {201}:
+                    raise RuntimeError(f"answers {sorted(set(statuses))}")
+                return "20 created"
+
+            self.measure("canvas-20-notes-1000", 20 * len(body), notes_1000, lambda r: self.at_most(r, 3 * len(body) / MIB + 8))
         if want("canvas-50-notes-50k"):
             count = 5 if self.smoke else 50
             body = canvas_media(jpeg(1024, 500), 50_000)

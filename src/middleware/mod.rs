@@ -1,7 +1,7 @@
 //! The tower stack in front of the router, outermost first: request id → edge (errors become
 //! OperationOutcomes) → trace span with `log-cdata` → body limit → timeout → client authentication →
-//! organization resolution → authorization → router. Each middleware is a `FooLayer` holding its config
-//! and a `Foo<S>` service, in the tower-http shape, and is tested on its own.
+//! organization resolution → authorization → memory budget → router. Each middleware is a `FooLayer`
+//! holding its config and a `Foo<S>` service, in the tower-http shape, and is tested on its own.
 
 pub mod auth;
 pub mod authorize;
