@@ -181,13 +181,14 @@ class Bench:
 
     def start(self):
         exe = self.args.binary
+        sim = self.args.sim_binary or exe
         p = [free_port() for _ in range(5)]
         self.canvas_sim = Process(
-            [exe, "sim", "canvas", "--instance", f"127.0.0.1:{p[0]}", "--fhir", f"127.0.0.1:{p[1]}", "--s3",
+            [sim, "sim", "canvas", "--instance", f"127.0.0.1:{p[0]}", "--fhir", f"127.0.0.1:{p[1]}", "--s3",
              f"127.0.0.1:{p[2]}"],
             "demo client credentials",
         )
-        self.athena_sim = Process([exe, "sim", "athena", "--listen", f"127.0.0.1:{p[3]}"], "demo client credentials")
+        self.athena_sim = Process([sim, "sim", "athena", "--listen", f"127.0.0.1:{p[3]}"], "demo client credentials")
         canvas = self.credentials(self.canvas_sim, "Canvas simulator: FHIR base ", "canvas")
         athena = self.credentials(self.athena_sim, "athenahealth simulator: base URL ", "athena")
         config = os.path.join(self.work, "gateway.toml")
@@ -458,6 +459,7 @@ class Bench:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary", help="the ehr-gateway binary (default: build and use target/release)")
+    parser.add_argument("--sim-binary", help="run the simulators from this binary (default: --binary)")
     parser.add_argument("--smoke", action="store_true", help="small sizes; check answers and bytes, not memory")
     parser.add_argument("--cases", help="comma-separated case names (default: all)")
     parser.add_argument("--budget-mib", type=int, help="server.memory_budget_bytes for the run, in MiB")

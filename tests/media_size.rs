@@ -34,6 +34,14 @@ fn config_with_limit(limit: usize, extra_server: &str) -> String {
     sandbox_config("").replace("body_limit_bytes = 65536", &format!("body_limit_bytes = {limit}\n{extra_server}"))
 }
 
+/// Creates `media` in `category`, asserting a 201, and gives the created Media.
+async fn create_in(client: &reqwest::Client, base: &str, category: &str, media: &Value) -> Value {
+    let url = format!("{base}/Media?category={category}");
+    let (status, _, created) = send_json(client, reqwest::Method::POST, &url, "application/fhir+json", media).await;
+    assert_eq!(status, 201, "{created}");
+    created
+}
+
 async fn json_of(r: reqwest::Response) -> Value {
     serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
 }
@@ -69,15 +77,7 @@ async fn megabytes_go_in_and_the_same_bytes_come_back() {
         "partOf": [{"reference": "Coverage/5679"}],
         "content": {"contentType": "image/jpeg", "data": BASE64.encode(&card)}
     });
-    let (status, _, created) = send_json(
-        &client,
-        reqwest::Method::POST,
-        &format!("{base}/Media?category=insurance-card"),
-        "application/fhir+json",
-        &media,
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
+    let created = create_in(&client, &base, "insurance-card", &media).await;
     assert_eq!(created["content"]["size"], card.len(), "the size comes from the stored image: {created}");
     let (_, _, bytes) = get_bytes(&client, created["content"]["url"].as_str().unwrap()).await;
     assert_eq!(digest(&bytes), digest(&card));
@@ -91,15 +91,7 @@ async fn megabytes_go_in_and_the_same_bytes_come_back() {
         "modality": {"coding": [{"system": "https://docs.athenahealth.com/api/documentsubclass", "code": "ADMIN_CONSENT"}]},
         "content": {"contentType": "application/pdf", "data": BASE64.encode(&pdf), "title": "scan"}
     });
-    let (status, _, created) = send_json(
-        &client,
-        reqwest::Method::POST,
-        &format!("{base}/Media?category=admin"),
-        "application/fhir+json",
-        &document,
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
+    let created = create_in(&client, &base, "admin", &document).await;
     let url = format!("{base}/Media/{}/$content?original=true", created["id"].as_str().unwrap());
     let (status, content_type, bytes) = get_bytes(&client, &url).await;
     assert_eq!((status, content_type.as_str()), (200, "application/pdf"), "{url}: {}", String::from_utf8_lossy(&bytes));

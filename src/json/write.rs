@@ -105,7 +105,9 @@ impl OutgoingBody {
                 Chunk::Raw(b) => Box::new(std::iter::once(b)),
                 Chunk::FormEncoded { bytes, .. } => Box::new((0..bytes.len()).step_by(FORM_PIECE).map(move |at| {
                     let piece = &bytes[at..(at + FORM_PIECE).min(bytes.len())];
-                    Bytes::from(form_urlencoded::byte_serialize(piece).collect::<String>())
+                    let mut encoded = String::with_capacity(form_encoded_len(piece));
+                    encoded.extend(form_urlencoded::byte_serialize(piece));
+                    Bytes::from(encoded)
                 })),
             }
         });
