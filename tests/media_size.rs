@@ -179,7 +179,12 @@ async fn bodies_beyond_the_memory_budget_are_turned_away_with_retry_after() {
         let (client, base, body) = (client.clone(), base.clone(), body.clone());
         async move { post_media(&client, &base, body).await.status().as_u16() }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once Canvas has the first create, its body holds the budget (it was reserved before it was read).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sim.stats().requests == 0 {
+        assert!(std::time::Instant::now() < deadline, "the first create never reached Canvas");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let r = post_media(&client, &base, body.clone()).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "2");
@@ -219,6 +224,32 @@ async fn content_is_retried_like_a_read_and_a_write_is_never_resent() {
     let r = post_media(&client, &base, canvas_media(&jpeg(MIB, 6))).await;
     assert!(r.status().is_server_error(), "{}", r.status());
     assert_eq!(sim.stats().requests, 1, "the create reached Canvas once and was not resent");
+}
+
+#[tokio::test]
+async fn an_ehr_answer_larger_than_the_gateway_reads_is_a_502_and_not_sent_again() {
+    let config = athena_config("").replace(
+        "mappings_dir",
+        &format!("body_limit_bytes = {}\nmax_upstream_answer_bytes = 524288\nmappings_dir", 4 * MIB),
+    );
+    let gw = start_with(&config).await;
+    let sim = gw.athena_sim("demo-athena").unwrap().clone();
+    let client = http();
+    let base = athena_base(&gw);
+    let media = json!({
+        "resourceType": "Media", "status": "completed",
+        "subject": {"reference": format!("Patient/{ATHENA_PATIENT}")},
+        "content": {"contentType": "image/jpeg", "data": BASE64.encode(jpeg(MIB, 4))}
+    });
+    // The upload is fine; reading the 1.3 MB image answer back is more than the gateway reads.
+    let created = create_in(&client, &base, "patient-photo", &media).await;
+    assert_eq!(created["issue"][0]["severity"], "warning", "stored but not read back: {created}");
+    sim.reset_stats();
+    let (status, oo) = get_json(&client, &format!("{base}/Media/ph.195900.{ATHENA_PATIENT}")).await;
+    assert_eq!(status, 502, "{oo}");
+    assert_eq!(oo["issue"][0]["code"], "too-costly");
+    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("server.max_upstream_answer_bytes"));
+    assert_eq!(sim.stats().requests, 1, "an answer that came is not asked for again");
 }
 
 #[tokio::test]

@@ -56,6 +56,10 @@ pub struct ServerConfig {
     pub memory_budget_bytes: Option<u64>,
     #[serde(default = "default_memory_budget_wait_ms")]
     pub memory_budget_wait_ms: u64,
+    /// The most bytes of one EHR answer read into memory (media streamed by `$content` are not held);
+    /// larger answers are 502 `too-costly`.
+    #[serde(default = "default_max_upstream_answer_bytes")]
+    pub max_upstream_answer_bytes: u64,
 }
 
 /// Structural limits on JSON the gateway parses; each key left out keeps its default.
@@ -100,6 +104,9 @@ impl LimitOverrides {
 }
 fn default_memory_budget_wait_ms() -> u64 {
     2_000
+}
+fn default_max_upstream_answer_bytes() -> u64 {
+    128 * 1024 * 1024
 }
 
 impl ServerConfig {
@@ -147,6 +154,7 @@ impl Default for ServerConfig {
             limits: JsonLimits::default(),
             memory_budget_bytes: None,
             memory_budget_wait_ms: default_memory_budget_wait_ms(),
+            max_upstream_answer_bytes: default_max_upstream_answer_bytes(),
         }
     }
 }
@@ -355,6 +363,9 @@ impl Config {
             for p in limits.problems() {
                 problems.push(format!("{src}: server.limits.{side}.{p}"));
             }
+        }
+        if self.server.max_upstream_answer_bytes == 0 {
+            problems.push(format!("{src}: server.max_upstream_answer_bytes must be greater than 0"));
         }
         if let Some(budget) = self.server.memory_budget_bytes
             && budget < self.server.body_limit_bytes

@@ -49,21 +49,16 @@ fn parse_client_json(bytes: &Bytes, limits: &Limits, payloads: &mut Payloads) ->
             GatewayError::invalid(format!("the body is not valid JSON (line {line}, column {column}): fix the syntax"))
         }
         ParseError::Limit(v) => {
-            let (status, code) = match v.kind {
-                LimitKind::Depth => (StatusCode::BAD_REQUEST, IssueCode::Invalid),
-                _ => (StatusCode::PAYLOAD_TOO_LARGE, IssueCode::TooLong),
-            };
             let expression = v.expression("Media");
-            GatewayError::client(
-                status,
-                code,
-                format!(
-                    "`{expression}` {v}; the gateway takes at most {} (server.limits.client.{}): send less",
-                    v.limit,
-                    v.key()
+            let (status, code, fix) = match v.kind {
+                LimitKind::ReservedText => (StatusCode::BAD_REQUEST, IssueCode::Invalid, "remove it".to_string()),
+                kind => (
+                    if kind == LimitKind::Depth { StatusCode::BAD_REQUEST } else { StatusCode::PAYLOAD_TOO_LARGE },
+                    if kind == LimitKind::Depth { IssueCode::Invalid } else { IssueCode::TooLong },
+                    format!("the gateway takes at most {} (server.limits.client.{}): send less", v.limit, v.key()),
                 ),
-            )
-            .with_expression(expression)
+            };
+            GatewayError::client(status, code, format!("`{expression}` {v}; {fix}")).with_expression(expression)
         }
     })
 }

@@ -95,8 +95,12 @@ pub fn json_response(status: StatusCode, value: &Value) -> GatewayResponse {
 
 /// A FHIR JSON response of a value a run produced: media it refers to are spliced in as they stream.
 fn run_response(status: StatusCode, value: &Value, payloads: &Payloads) -> Result<GatewayResponse, GatewayError> {
-    let body = json::json_body(value, payloads)
-        .map_err(|_| GatewayError::gateway("a media value of the answer is no longer held"))?;
+    let body = json::json_body(value, payloads).map_err(|e| match e {
+        json::SpliceError::Unknown => GatewayError::gateway("a media value of the answer is no longer held"),
+        json::SpliceError::Misplaced => {
+            GatewayError::gateway("the answer puts media inside a text; media can only be copied whole")
+        }
+    })?;
     Ok(with_fhir_json(status, body::from_outgoing(body)))
 }
 

@@ -2,6 +2,9 @@
 
 use std::fmt;
 
+/// The deepest nesting that can be configured (below serde_json's own guard of 128 levels).
+pub const MAX_DEPTH: usize = 120;
+
 /// How large a parsed document may grow. Strings that are payloads (long base64) are bounded by the
 /// body limit instead of `max_string_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +40,10 @@ impl Limits {
                 problems.push(format!("{name} must be greater than 0"));
             }
         }
+        // serde_json stops at 128 levels on its own; past that a document would be called malformed.
+        if self.max_depth > MAX_DEPTH {
+            problems.push(format!("max_depth must be at most {MAX_DEPTH}"));
+        }
         problems
     }
 }
@@ -47,6 +54,8 @@ pub enum LimitKind {
     ArrayItems,
     Nodes,
     StringBytes,
+    /// Text that holds the gateway's payload marker (it starts with U+0000, which FHIR text may not hold).
+    ReservedText,
 }
 
 /// The first limit a document broke, and where (`note`, `entry[0].resource.extension[2]`).
@@ -75,6 +84,7 @@ impl LimitViolation {
             LimitKind::ArrayItems => "max_array_items",
             LimitKind::Nodes => "max_nodes",
             LimitKind::StringBytes => "max_string_bytes",
+            LimitKind::ReservedText => "reserved text",
         }
     }
 }
@@ -87,6 +97,7 @@ impl fmt::Display for LimitViolation {
             LimitKind::ArrayItems => write!(f, "has more than {limit} items"),
             LimitKind::Nodes => write!(f, "makes the document hold more than {limit} values"),
             LimitKind::StringBytes => write!(f, "is a text longer than {limit} bytes"),
+            LimitKind::ReservedText => write!(f, "holds the control character U+0000, which text may not contain"),
         }
     }
 }

@@ -10,6 +10,6 @@ mod payload;
 mod write;
 
 pub use limits::{LimitKind, LimitViolation, Limits};
-pub use parse::{ParseError, parse};
+pub use parse::{ParseError, parse, parse_text};
 pub use payload::{PAYLOAD_MIN_BYTES, Payload, Payloads, contains_marker, is_marker, is_valid_base64};
-pub use write::{Chunk, OutgoingBody, UnknownPayload, form_body, json_body};
+pub use write::{Chunk, OutgoingBody, SpliceError, form_body, json_body};

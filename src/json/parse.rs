@@ -9,7 +9,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::{Map, Number, Value};
 
 use super::limits::{LimitKind, LimitViolation, Limits};
-use super::payload::{PAYLOAD_MIN_BYTES, Payloads, is_valid_base64};
+use super::payload::{PAYLOAD_MIN_BYTES, Payloads, contains_marker, is_valid_base64};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParseError {
@@ -33,6 +33,16 @@ impl fmt::Display for ParseError {
 
 /// Parses `body`; payloads go into `payloads`.
 pub fn parse(body: &Bytes, limits: &Limits, payloads: &mut Payloads) -> Result<Value, ParseError> {
+    parse_with(body, limits, Some(payloads))
+}
+
+/// Parses `body` keeping long base64 as text (bounded by `max_string_bytes`): for documents that are
+/// only read for words, such as an EHR's error answer, whose values may end up in a message.
+pub fn parse_text(body: &Bytes, limits: &Limits) -> Result<Value, ParseError> {
+    parse_with(body, limits, None)
+}
+
+fn parse_with(body: &Bytes, limits: &Limits, payloads: Option<&mut Payloads>) -> Result<Value, ParseError> {
     let ctx = Ctx { limits, body, nodes: Cell::new(0), payloads: RefCell::new(payloads), broken: RefCell::new(None) };
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     // serde_json's own nesting guard stays on beneath ours.
@@ -91,7 +101,7 @@ struct Ctx<'c> {
     limits: &'c Limits,
     body: &'c Bytes,
     nodes: Cell<usize>,
-    payloads: RefCell<&'c mut Payloads>,
+    payloads: RefCell<Option<&'c mut Payloads>>,
     broken: RefCell<Option<Broken>>,
 }
 
@@ -118,12 +128,20 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// A string value: a payload marker when it is long base64, refused when it is long otherwise.
+    /// A string value: a payload marker when it is long base64, refused when it is long otherwise or
+    /// when it holds what looks like a marker (no text from outside may pose as a payload).
     fn string<E: de::Error>(&self, text: &str, borrowed: bool) -> Result<Value, E> {
         self.count()?;
-        if text.len() >= PAYLOAD_MIN_BYTES && is_valid_base64(text) {
+        if contains_marker(text) {
+            return Err(self.fail(LimitKind::ReservedText, 0));
+        }
+        if text.len() >= PAYLOAD_MIN_BYTES
+            && let Some(payloads) = self.payloads.borrow_mut().as_deref_mut()
+            && is_valid_base64(text)
+        {
+            // Escaped base64 (`\/`) arrives unescaped in serde_json's scratch space and is copied once.
             let bytes = if borrowed { self.body.slice_ref(text.as_bytes()) } else { Bytes::from(text.to_owned()) };
-            return Ok(Value::String(self.payloads.borrow_mut().add(bytes)));
+            return Ok(Value::String(payloads.add(bytes)));
         }
         if text.len() > self.limits.max_string_bytes {
             return Err(self.fail(LimitKind::StringBytes, self.limits.max_string_bytes));
@@ -289,7 +307,9 @@ mod tests {
 
     #[test]
     fn long_base64_becomes_a_payload_sliced_from_the_body() {
-        let data = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 100_000]);
+        // 0xff bytes encode as `/`, which some encoders escape as `\/`.
+        let data = base64::engine::general_purpose::STANDARD.encode(vec![0xffu8; 100_000]);
+        assert!(data.contains('/'));
         let body = Bytes::from(json!({"content": {"data": data, "title": "x"}}).to_string());
         let mut payloads = Payloads::default();
         let v = parse(&body, &Limits::CLIENT, &mut payloads).unwrap();
@@ -306,6 +326,18 @@ mod tests {
         let escaped = Bytes::from(format!("{{\"d\":\"{}\"}}", data.replace('/', "\\/")));
         let v = parse(&escaped, &Limits::CLIENT, &mut payloads).unwrap();
         assert_eq!(payloads.get(v["d"].as_str().unwrap()).unwrap().text().as_ref(), data.as_bytes());
+    }
+
+    #[test]
+    fn text_posing_as_a_marker_is_refused_and_text_mode_keeps_base64_as_text() {
+        let mut payloads = Payloads::default();
+        let marker = payloads.add(Bytes::from_static(b"aGk="));
+        let body = Bytes::from(json!({"note": [{"text": format!("see {marker}")}]}).to_string());
+        let Err(ParseError::Limit(v)) = parse(&body, &Limits::CLIENT, &mut payloads) else { panic!() };
+        assert_eq!((v.kind, v.path.as_str()), (LimitKind::ReservedText, "note[0].text"));
+        let data = base64::engine::general_purpose::STANDARD.encode(vec![1u8; 100_000]);
+        let body = Bytes::from(json!({"image": data}).to_string());
+        assert_eq!(parse_text(&body, &Limits::UPSTREAM).unwrap()["image"], data.as_str());
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl Payload {
     /// The size of the decoded bytes.
     pub fn decoded_len(&self) -> usize {
         let padding = self.text.iter().rev().take_while(|&&b| b == b'=').count();
-        self.text.len() / 4 * 3 - padding
+        (self.text.len() / 4 * 3).saturating_sub(padding)
     }
 
     /// The first decoded bytes (enough to recognize a file type), without decoding the rest.
@@ -126,6 +126,11 @@ impl Payloads {
         (u64::from_str_radix(nonce, 16).ok()? == self.nonce).then(|| index.parse().ok())?
     }
 
+    /// True when `marker` is one of this table's (held or released).
+    pub fn owns(&self, marker: &str) -> bool {
+        self.index(marker).is_some_and(|i| i < self.items.len())
+    }
+
     /// The payload a marker of this table stands for, if it is still held.
     pub fn get(&self, marker: &str) -> Option<&Payload> {
         self.items.get(self.index(marker)?)?.as_ref()
@@ -144,7 +149,16 @@ impl Payloads {
     /// Releases payloads added since `mark` that none of `keep` refers to: an answer's media, once the
     /// values taken from that answer no longer point at them.
     pub fn release_unreferenced_since<'v>(&mut self, mark: usize, keep: impl IntoIterator<Item = &'v Value>) {
-        if self.items.len() <= mark {
+        self.release_unreferenced_in(mark..self.items.len(), keep);
+    }
+
+    /// Releases the payloads with markers numbered in `range` that none of `keep` refers to.
+    pub fn release_unreferenced_in<'v>(
+        &mut self,
+        range: std::ops::Range<usize>,
+        keep: impl IntoIterator<Item = &'v Value>,
+    ) {
+        if range.is_empty() {
             return;
         }
         let mut referenced = vec![false; self.items.len()];
@@ -161,7 +175,7 @@ impl Payloads {
                 _ => {}
             }
         }
-        for (i, item) in self.items.iter_mut().enumerate().skip(mark) {
+        for (i, item) in self.items.iter_mut().enumerate().skip(range.start).take(range.len()) {
             if !referenced[i] {
                 *item = None;
             }

@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use serde_json::Value;
 
-use super::payload::{Payload, Payloads, is_marker};
+use super::payload::{Payload, Payloads, contains_marker, is_marker};
 
 /// How much of a payload is percent-encoded at a time while sending a form.
 const FORM_PIECE: usize = 64 * 1024;
@@ -115,15 +115,20 @@ impl OutgoingBody {
     }
 }
 
-/// What went wrong splicing payloads: a marker whose payload is not held (a gateway defect).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownPayload;
+/// What went wrong splicing payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpliceError {
+    /// A marker whose payload is no longer held (a gateway defect).
+    Unknown,
+    /// A marker inside a longer text, or changed by a transform: media can only be copied whole.
+    Misplaced,
+}
 
-fn payload<'p>(payloads: &'p Payloads, text: &str) -> Result<Option<&'p Payload>, UnknownPayload> {
+fn payload<'p>(payloads: &'p Payloads, text: &str) -> Result<Option<&'p Payload>, SpliceError> {
     if !is_marker(text) {
-        return Ok(None);
+        return if contains_marker(text) { Err(SpliceError::Misplaced) } else { Ok(None) };
     }
-    payloads.get(text).map(Some).ok_or(UnknownPayload)
+    payloads.get(text).map(Some).ok_or(if payloads.owns(text) { SpliceError::Unknown } else { SpliceError::Misplaced })
 }
 
 struct Writer<'p> {
@@ -145,7 +150,7 @@ impl Writer<'_> {
         self.body
     }
 
-    fn json(&mut self, value: &Value) -> Result<(), UnknownPayload> {
+    fn json(&mut self, value: &Value) -> Result<(), SpliceError> {
         match value {
             Value::String(s) => match payload(self.payloads, s)? {
                 // Base64 needs no JSON escaping: the payload goes between the quotes as it is.
@@ -191,14 +196,14 @@ impl Writer<'_> {
 }
 
 /// `value` as a JSON body, payloads spliced in.
-pub fn json_body(value: &Value, payloads: &Payloads) -> Result<OutgoingBody, UnknownPayload> {
+pub fn json_body(value: &Value, payloads: &Payloads) -> Result<OutgoingBody, SpliceError> {
     let mut writer = Writer { payloads, body: OutgoingBody::default(), buffer: Vec::new() };
     writer.json(value)?;
     Ok(writer.finish())
 }
 
 /// Fields as an `application/x-www-form-urlencoded` body, payloads spliced in (encoded while sent).
-pub fn form_body(fields: &[(String, String)], payloads: &Payloads) -> Result<OutgoingBody, UnknownPayload> {
+pub fn form_body(fields: &[(String, String)], payloads: &Payloads) -> Result<OutgoingBody, SpliceError> {
     let mut writer = Writer { payloads, body: OutgoingBody::default(), buffer: Vec::new() };
     for (i, (name, value)) in fields.iter().enumerate() {
         if i > 0 {
@@ -280,6 +285,15 @@ mod tests {
     fn a_marker_whose_payload_is_gone_is_an_error() {
         let mut other = Payloads::default();
         let marker = other.add(Bytes::from_static(b"aGk="));
-        assert_eq!(json_body(&json!({"d": marker}), &Payloads::default()), Err(UnknownPayload));
+        assert_eq!(json_body(&json!({"d": marker}), &Payloads::default()), Err(SpliceError::Misplaced));
+        let mut mine = Payloads::default();
+        let marker = mine.add(Bytes::from_static(b"aGk="));
+        mine.release_unreferenced_since(0, []);
+        assert_eq!(json_body(&json!({"d": &marker}), &mine), Err(SpliceError::Unknown));
+        let mut held = Payloads::default();
+        let marker = held.add(Bytes::from_static(b"aGk="));
+        let inside = format!("x{marker}");
+        assert_eq!(json_body(&json!({"d": &inside}), &held), Err(SpliceError::Misplaced));
+        assert_eq!(form_body(&[("d".into(), inside)], &held), Err(SpliceError::Misplaced));
     }
 }

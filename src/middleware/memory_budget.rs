@@ -64,7 +64,8 @@ pub struct MemoryBudgetLayer {
 
 impl MemoryBudgetLayer {
     pub fn new(budget: u64, wait: Duration) -> Self {
-        let permits = usize::try_from(budget / UNIT).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        // Rounded up like reservations are, so a body of exactly the budget fits.
+        let permits = usize::try_from(budget.div_ceil(UNIT)).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
         MemoryBudgetLayer { semaphore: Arc::new(Semaphore::new(permits)), budget, wait }
     }
 }
@@ -114,9 +115,9 @@ where
         let (semaphore, wait, budget) = (self.semaphore.clone(), self.wait, self.budget);
         let req = match declared {
             // A body of unknown length reserves as it is read.
-            None => {
-                req.map(|b| body::boxed(BudgetedBody { inner: b, semaphore: semaphore.clone(), held: held.clone() }))
-            }
+            None => req.map(|b| {
+                body::boxed(BudgetedBody { inner: b, semaphore: semaphore.clone(), held: held.clone(), read: 0 })
+            }),
             Some(_) => req,
         };
         let reserve = declared.map(units).unwrap_or(0);
@@ -204,6 +205,9 @@ pin_project! {
         inner: Body,
         semaphore: Arc<Semaphore>,
         held: Held,
+        // Bytes read so far: units are reserved for the running total, so many tiny pieces cost what
+        // their sum does.
+        read: u64,
     }
 }
 
@@ -218,9 +222,14 @@ impl HttpBody for BudgetedBody {
                 if let Some(data) = frame.data_ref() {
                     // Pieces arrive while the budget is checked: a piece that does not fit fails the read
                     // at once rather than waiting with a half-read body.
-                    match this.semaphore.clone().try_acquire_many_owned(units(data.len() as u64)) {
-                        Ok(permit) => hold(this.held, permit),
-                        Err(_) => return Poll::Ready(Some(Err(Box::new(BudgetExhausted)))),
+                    let before = units(*this.read);
+                    *this.read += data.len() as u64;
+                    let more = units(*this.read) - before;
+                    if more > 0 {
+                        match this.semaphore.clone().try_acquire_many_owned(more) {
+                            Ok(permit) => hold(this.held, permit),
+                            Err(_) => return Poll::Ready(Some(Err(Box::new(BudgetExhausted)))),
+                        }
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -326,7 +335,15 @@ mod tests {
         let error = svc.clone().oneshot(chunked(6 * 1024)).await.unwrap_err();
         assert_eq!((error.status, error.code()), (StatusCode::SERVICE_UNAVAILABLE, IssueCode::Transient));
         // Everything was given back: the budget is whole again.
-        assert_eq!(svc.oneshot(chunked(4 * 1024)).await.unwrap().status(), StatusCode::OK);
+        assert_eq!(svc.clone().oneshot(chunked(4 * 1024)).await.unwrap().status(), StatusCode::OK);
+        // Many tiny pieces cost what their sum does, not a unit each.
+        let pieces =
+            futures_util::stream::iter((0..3000).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"a")))));
+        let tiny = request("POST", "/x")
+            .header("transfer-encoding", "chunked")
+            .body(body::boxed(http_body_util::StreamBody::new(pieces)))
+            .unwrap();
+        assert_eq!(svc.oneshot(tiny).await.unwrap().status(), StatusCode::OK);
     }
 
     #[tokio::test]

@@ -167,7 +167,10 @@ pub async fn build_state_with(
         };
         let transport: Arc<dyn Transport> = match &injected {
             Some(t) => t.clone(),
-            None => Arc::new(ReqwestTransport::new(Duration::from_millis(conn.connect_timeout_ms))?),
+            None => Arc::new(ReqwestTransport::new(
+                Duration::from_millis(conn.connect_timeout_ms),
+                config.server.max_upstream_answer_bytes,
+            )?),
         };
         // Recording taps API calls only: the token cache keeps the bare transport.
         let api_transport: Arc<dyn Transport> = match (&config.record.dir, &injected) {

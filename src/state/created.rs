@@ -169,9 +169,18 @@ mod tests {
             log.record("org", &media(&format!("m{i}"), 1000));
         }
         let kept = log.list("org", None);
-        assert!(kept.len() <= CREATED_LOG_LIMIT);
+        assert_eq!(kept.len(), CREATED_LOG_LIMIT, "small summaries: the count bounds the log");
+        // Large summaries (a long display in a kept reference): the bytes bound it first.
+        let big = CreatedLog::default();
+        for i in 0..200 {
+            let mut m = media(&format!("b{i}"), 0);
+            m["subject"]["display"] = json!("x".repeat(20_000));
+            big.record("org", &m);
+        }
+        let kept = big.list("org", None);
         let total: usize = kept.iter().map(|(_, r)| serde_json::to_vec(r).unwrap().len()).sum();
-        assert!(total <= CREATED_LOG_BYTES, "{total}");
+        assert!(total <= CREATED_LOG_BYTES && kept.len() < 60, "{total} bytes in {} entries", kept.len());
+        let kept = log.list("org", None);
         assert_eq!(kept[0].1["id"], format!("m{}", CREATED_LOG_LIMIT + 9), "newest first");
         log.remove("org", &format!("m{}", CREATED_LOG_LIMIT + 9));
         assert_ne!(log.list("org", None)[0].1["id"], format!("m{}", CREATED_LOG_LIMIT + 9));

@@ -328,6 +328,16 @@ impl UpstreamClient {
                 format!("the connection to {ehr} broke"),
             )
             .retryable(true),
+            TransportError::TooLarge => GatewayError::new(
+                StatusCode::BAD_GATEWAY,
+                IssueCode::TooCostly,
+                self.side(),
+                format!(
+                    "{ehr} answered with more bytes than the gateway reads into memory \
+                     (server.max_upstream_answer_bytes){}",
+                    if idempotent { "" } else { "; the write happened, so do not send it again" }
+                ),
+            ),
         }
     }
 }

@@ -37,6 +37,8 @@ pub fn retry_delay(outcome: &Attempt, idempotent: bool, attempt: u32, max_attemp
     match outcome {
         // Never reached the EHR: safe for any method.
         Attempt::Failed(TransportError::Connect) => Some(backoff()),
+        // An answer came; it will be as large the next time.
+        Attempt::Failed(TransportError::TooLarge) => None,
         Attempt::Failed(_) if idempotent => Some(backoff()),
         Attempt::Failed(_) => None,
         Attempt::Status { status: 429 | 503, retry_after: Some(after) }

@@ -41,6 +41,9 @@ pub enum TransportError {
     Timeout,
     /// The connection broke after the request may have been sent.
     Broken,
+    /// The answer was larger than the gateway reads (`server.max_upstream_answer_bytes`); the request was
+    /// answered, so it is not sent again.
+    TooLarge,
 }
 
 pub struct StreamingResponse {
@@ -62,10 +65,12 @@ pub trait Transport: Send + Sync + 'static {
 pub struct ReqwestTransport {
     client: reqwest::Client,
     content_client: reqwest::Client,
+    /// The most bytes of one answer read into memory (streamed content is not held and not capped).
+    max_answer_bytes: u64,
 }
 
 impl ReqwestTransport {
-    pub fn new(connect_timeout: Duration) -> Result<Self, String> {
+    pub fn new(connect_timeout: Duration, max_answer_bytes: u64) -> Result<Self, String> {
         let build = |redirects| {
             reqwest::Client::builder()
                 .connect_timeout(connect_timeout)
@@ -78,6 +83,7 @@ impl ReqwestTransport {
         Ok(ReqwestTransport {
             client: build(reqwest::redirect::Policy::none())?,
             content_client: build(reqwest::redirect::Policy::limited(5))?,
+            max_answer_bytes,
         })
     }
 
@@ -121,9 +127,16 @@ impl Transport for ReqwestTransport {
             let headers = response.headers().clone();
             // Chunks are moved into one buffer sized from Content-Length as they arrive, so an answer
             // is held once (collecting them first and joining them after would hold it twice).
+            let max = self.max_answer_bytes;
+            if response.content_length().is_some_and(|n| n > max) {
+                return Err(TransportError::TooLarge);
+            }
             let declared = response.content_length().unwrap_or(0).min(MAX_PREALLOCATED) as usize;
             let mut body = BytesMut::with_capacity(declared);
             while let Some(chunk) = response.chunk().await.map_err(|e| classify(&e))? {
+                if (body.len() + chunk.len()) as u64 > max {
+                    return Err(TransportError::TooLarge);
+                }
                 if body.is_empty() && chunk.len() >= declared {
                     body = BytesMut::from(chunk);
                 } else {

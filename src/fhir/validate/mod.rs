@@ -106,6 +106,10 @@ const MAX_INT32: u64 = 2_147_483_647;
 
 /// Quotes a code, id or element name for a message, truncated to 64 chars.
 fn echo(s: &str) -> String {
+    if crate::json::is_marker(s) {
+        // Media held outside the document: say what it is, never its marker.
+        return "'<base64 media>'".to_string();
+    }
     let mut chars = s.chars();
     let head: String = chars.by_ref().take(MAX_ECHO_CHARS).collect();
     if chars.next().is_some() { format!("'{head}...'") } else { format!("'{head}'") }

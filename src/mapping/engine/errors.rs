@@ -50,8 +50,8 @@ pub fn unsupported_param(mapping: &Mapping, category: &Category, name: &str) -> 
 
 /// An error answer's body as JSON, `null` when it is not JSON or too large to be an error message.
 fn error_document(response: &UpstreamResponse) -> Value {
-    crate::json::parse(&response.body, &crate::json::Limits::UPSTREAM, &mut crate::json::Payloads::default())
-        .unwrap_or(Value::Null)
+    // Text mode: values of an error answer end up in messages, so nothing in it may become a marker.
+    crate::json::parse_text(&response.body, &crate::json::Limits::UPSTREAM).unwrap_or(Value::Null)
 }
 
 /// The index of the error rule that applies to an upstream answer, if any (first match wins).

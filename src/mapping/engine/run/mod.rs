@@ -12,7 +12,7 @@ use super::errors::{mapping_error, translate_error};
 use super::resource::{bind_object, normalize};
 use super::{Context, NextPage, Outcome, UpstreamRequest, UpstreamResponse, env, scalar_text, truthy};
 use crate::error::{GatewayError, IssueCode, Side};
-use crate::json::{self, ParseError, Payloads};
+use crate::json::{self, LimitKind, ParseError, Payloads, SpliceError};
 use crate::mapping::template::{Expression, Scope};
 use crate::mapping::{Category, Each, Encoding, Mapping, Paging, Step, StepResult};
 
@@ -40,6 +40,8 @@ pub struct Run<'m> {
     pending: Option<Pending>,
     /// What the last answered step bound (for the client's cache).
     last_bound: BTreeMap<String, Value>,
+    /// The step just answered was a write after which no step sends a body.
+    upload_answered: bool,
     /// A create's `serialize_writes_by` (empty for every other interaction).
     serialize_by: &'m [Expression],
     /// The client error when no step applies to the request (a content URL without a known parameter);
@@ -204,7 +206,13 @@ impl<'m> Run<'m> {
                 "a value of the request is too large for an upstream URL or header; send media in content.data",
             ));
         }
-        let unknown = |_| GatewayError::gateway("a media value of this request is no longer held");
+        let unknown = |e| match e {
+            SpliceError::Unknown => GatewayError::gateway("a media value of this request is no longer held"),
+            SpliceError::Misplaced => mapping_error(
+                self.mapping,
+                "the mapping puts media inside a text or transforms them; media can only be copied whole".into(),
+            ),
+        };
         let (body, content_type) = match &step.body {
             None => (None, None),
             Some(t) => {
@@ -266,6 +274,12 @@ impl<'m> Run<'m> {
             ParseError::Syntax { .. } => {
                 mapping_error(self.mapping, format!("{ehr} answered with a body that is not JSON"))
             }
+            ParseError::Limit(v) if v.kind == LimitKind::ReservedText => GatewayError::new(
+                StatusCode::BAD_GATEWAY,
+                IssueCode::Exception,
+                Side::Upstream(ehr.clone()),
+                format!("{ehr} answered with `{}`, which {v}", v.expression("$")),
+            ),
             ParseError::Limit(v) => GatewayError::new(
                 StatusCode::BAD_GATEWAY,
                 IssueCode::TooCostly,
@@ -290,8 +304,8 @@ impl<'m> Run<'m> {
         std::mem::take(&mut self.ctx.payloads)
     }
 
-    /// Drops the media of answers read since `mark` that no value the run keeps points at.
-    fn release_answers_since(&mut self, mark: usize, outcome: Option<&Outcome>) {
+    /// Drops the media numbered in `range` that no value the run keeps points at.
+    fn release(&mut self, range: std::ops::Range<usize>, outcome: Option<&Outcome>) {
         let Run { vars, pending, ctx, .. } = self;
         let mut keep: Vec<&Value> = vars.values().collect();
         if let Some(p) = pending {
@@ -302,7 +316,7 @@ impl<'m> Run<'m> {
             Some(Outcome::Page { entries, .. }) => keep.extend(entries),
             _ => {}
         }
-        ctx.payloads.release_unreferenced_since(mark, keep);
+        ctx.payloads.release_unreferenced_in(range, keep);
     }
 
     /// Checks an answer's status and success predicate; `Err` is the translated failure.
@@ -330,9 +344,15 @@ impl<'m> Run<'m> {
         // An answer's media live only as long as something taken from the answer refers to them: a
         // search that reads twenty images holds one at a time.
         let mark = self.ctx.payloads.mark();
+        self.upload_answered = false;
         let result = self.read_response(response);
         if let Ok(outcome) = &result {
-            self.release_answers_since(mark, outcome.as_ref());
+            self.release(mark..self.ctx.payloads.mark(), outcome.as_ref());
+            if self.upload_answered {
+                // The write is answered and no later step sends a body: the request's media (the
+                // upload buffer) go now, before a read-back brings the EHR's copy.
+                self.release(0..mark, outcome.as_ref());
+            }
         }
         result
     }
@@ -401,12 +421,7 @@ impl<'m> Run<'m> {
         let writes = !matches!(step.method, Method::GET | Method::HEAD);
         self.wrote |= writes;
         self.index += 1;
-        if writes && self.steps[self.index..].iter().all(|s| s.body.is_none()) {
-            // The write is answered and no later step sends a body: the request's media (the upload
-            // buffer) go now, before the read-back brings the EHR's copy.
-            let Run { vars, ctx, .. } = self;
-            ctx.payloads.release_unreferenced_since(0, vars.values());
-        }
+        self.upload_answered = writes && self.steps[self.index..].iter().all(|s| s.body.is_none());
         let outcome = match step.result {
             None if !self.is_done() => {
                 self.skip_inactive()?;
@@ -515,3 +530,6 @@ impl<'m> Run<'m> {
         Ok(Some(Outcome::Page { entries, total, next }))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -53,6 +53,7 @@ impl<'m> Run<'m> {
             wrote: false,
             pending: None,
             last_bound: BTreeMap::new(),
+            upload_answered: false,
             serialize_by: &[],
             nothing_applies: None,
         }
@@ -343,7 +344,10 @@ fn check_upload_size(mapping: &Mapping, resource: &Value, payloads: &Payloads) -
     let data = resource.pointer("/content/data");
     let size = match (data.and_then(|d| payloads.of(d)), data.and_then(Value::as_str)) {
         (Some(payload), _) => payload.decoded_len() as u64,
-        (None, Some(text)) => (text.len() / 4 * 3) as u64,
+        (None, Some(text)) => {
+            let padding = text.bytes().rev().take_while(|&b| b == b'=').count();
+            (text.len() / 4 * 3).saturating_sub(padding) as u64
+        }
         (None, None) => return Ok(()),
     };
     if size <= limit {
