@@ -91,6 +91,12 @@ pub enum RecordedBody {
     Text(String),
     /// Media bytes are never stored: replay serves this many zero bytes.
     RedactedBytes(usize),
+    /// A file of a known type: replay serves its signature (hex), then zeros, `len` bytes in all, so
+    /// what a mapping reads from the type still holds.
+    RedactedFile {
+        len: usize,
+        signature: String,
+    },
 }
 
 impl RecordedBody {
@@ -111,7 +117,10 @@ impl RecordedBody {
         let textual = ct.starts_with("text/") || ct.contains("json") || ct.contains("xml") || ct.is_empty();
         match std::str::from_utf8(bytes) {
             Ok(s) if textual => RecordedBody::Text(s.to_string()),
-            _ => RecordedBody::RedactedBytes(bytes.len()),
+            _ => match redact::signature(bytes) {
+                Some(sig) => RecordedBody::RedactedFile { len: bytes.len(), signature: hex::encode(sig) },
+                None => RecordedBody::RedactedBytes(bytes.len()),
+            },
         }
     }
 
@@ -125,6 +134,11 @@ impl RecordedBody {
             RecordedBody::Text(t) => Bytes::from(t.clone()),
             // Bounded: a cassette is input too.
             RecordedBody::RedactedBytes(n) => Bytes::from(vec![0u8; (*n).min(MAX_REPLAY_BYTES)]),
+            RecordedBody::RedactedFile { len, signature } => {
+                let mut bytes = hex::decode(signature).unwrap_or_default();
+                bytes.resize((*len).min(MAX_REPLAY_BYTES), 0);
+                Bytes::from(bytes)
+            }
         }
     }
 
@@ -134,6 +148,7 @@ impl RecordedBody {
             RecordedBody::None => Vec::new(),
             RecordedBody::Json(v) => serde_json::to_vec(v).unwrap_or_default(),
             RecordedBody::RedactedBytes(n) => format!("redacted bytes: {n}").into_bytes(),
+            RecordedBody::RedactedFile { len, signature } => format!("redacted file: {signature} {len}").into_bytes(),
             other => other.to_bytes().to_vec(),
         };
         if canonical.is_empty() {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Cassette;
-use super::redact::Redactor;
+use super::redact::{MappingFields, Redactor};
 
 /// Writes cassettes into `dir/<organization slug>/`.
 pub struct Recorder {
@@ -34,9 +34,10 @@ impl Recorder {
         &self.public_base
     }
 
-    /// Redacts the cassette and writes it; a cassette that cannot be redacted is never written.
-    pub fn write(&self, mut cassette: Cassette) {
-        if let Err(e) = self.redactor.redact(&mut cassette) {
+    /// Redacts the cassette (with what the organization's mapping says about its EHR's fields) and writes
+    /// it; a cassette that cannot be redacted is never written.
+    pub fn write(&self, mut cassette: Cassette, fields: &MappingFields) {
+        if let Err(e) = self.redactor.redact(&mut cassette, fields) {
             // Never write what could not be redacted.
             tracing::warn!(error = %e, "cassette not written: redaction failed");
             return;

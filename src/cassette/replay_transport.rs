@@ -2,12 +2,13 @@
 //! matches a recorded one on method, path, normalized query and body digest; an unmatched request is
 //! reported with the closest recorded candidates and how they differ.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use super::redact::{MappingFields, Redactor};
 use super::tap::recorded_upstream_request;
 use super::{RecordedRequest, UpstreamExchange};
 use crate::mapping::engine::UpstreamResponse;
@@ -19,9 +20,10 @@ pub const INJECTED_TOKEN_URL: &str = "http://upstream.replay.invalid/oauth2/toke
 
 pub struct ReplayTransport {
     exchanges: Vec<UpstreamExchange>,
-    /// `accept` mode matches by position and keeps what was actually sent, to rewrite the cassette.
-    accept: bool,
     state: Mutex<ReplayState>,
+    /// The placeholders recording gave texts, dates and media, applied to what is sent now before it is
+    /// compared (set once the mapping is loaded).
+    placeholders: Mutex<Option<(Arc<Redactor>, Arc<MappingFields>)>>,
 }
 
 #[derive(Default)]
@@ -34,9 +36,18 @@ struct ReplayState {
 }
 
 impl ReplayTransport {
-    pub fn new(exchanges: Vec<UpstreamExchange>, accept: bool) -> Self {
+    pub fn new(exchanges: Vec<UpstreamExchange>) -> Self {
         let used = vec![false; exchanges.len()];
-        ReplayTransport { exchanges, accept, state: Mutex::new(ReplayState { used, ..Default::default() }) }
+        ReplayTransport {
+            exchanges,
+            state: Mutex::new(ReplayState { used, ..Default::default() }),
+            placeholders: Mutex::new(None),
+        }
+    }
+
+    /// Applies `redactor`'s placeholders (with the mapping's `fields`) to every request before matching.
+    pub fn set_placeholders(&self, redactor: Arc<Redactor>, fields: Arc<MappingFields>) {
+        *self.placeholders.lock().unwrap_or_else(|p| p.into_inner()) = Some((redactor, fields));
     }
 
     /// Requests sent, and problems: unmatched requests and recorded exchanges never requested.
@@ -65,24 +76,17 @@ impl ReplayTransport {
             headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             return Ok((200, headers, Bytes::from_static(body.as_bytes())));
         }
-        let actual = recorded_upstream_request(request, INJECTED_BASE_URL);
+        let mut actual = recorded_upstream_request(request, INJECTED_BASE_URL);
+        if let Some((redactor, fields)) = self.placeholders.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            // A failed placeholder pass leaves the request as sent; the comparison then reports it.
+            let _ = redactor.placeholders_in_request(&mut actual, fields);
+        }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.sent.push(actual.clone());
-        let index = if self.accept {
-            state.used.iter().position(|u| !u)
-        } else {
-            (0..self.exchanges.len())
-                .find(|&i| !state.used[i] && differences(&self.exchanges[i].request, &actual).is_empty())
-        };
+        let index = (0..self.exchanges.len())
+            .find(|&i| !state.used[i] && differences(&self.exchanges[i].request, &actual).is_empty());
         let Some(index) = index else {
-            let message = if self.accept {
-                format!(
-                    "{} {} has no recorded answer (the mapping sends more requests than recorded); record this cassette again",
-                    actual.method, actual.path
-                )
-            } else {
-                self.unmatched(&actual)
-            };
+            let message = self.unmatched(&actual);
             state.problems.push(message);
             return Err(TransportError::Broken);
         };

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::HeaderMap;
 
+use super::replay_transport::INJECTED_BASE_URL;
 use super::{RecordedBody, RecordedRequest, RecordedResponse, UpstreamExchange};
 use crate::mapping::engine::UpstreamResponse;
 use crate::upstream::transport::{BoxFuture, HttpRequest, StreamingResponse, Transport, TransportError};
@@ -72,9 +73,34 @@ fn note(exchange: UpstreamExchange) {
     let _ = CURRENT.try_with(|c| c.lock().unwrap_or_else(|p| p.into_inner()).push(exchange));
 }
 
-fn recorded_response(status: u16, headers: &HeaderMap, body: &[u8]) -> RecordedResponse {
-    let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    RecordedResponse { status, headers: kept_headers(headers), body: RecordedBody::from_bytes(content_type, body) }
+impl RecordingTransport {
+    /// An answer as a cassette records it. Links into the EHR name the connection's host, which is
+    /// configuration (and an ephemeral port for a simulator), not part of the exchange: it is recorded as
+    /// the host replays answer from, so recordings of one exchange are the same wherever they were made.
+    fn recorded_response(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> RecordedResponse {
+        let origin = origin(&self.base_url);
+        let mut kept = kept_headers(headers);
+        if let Some(origin) = origin {
+            for value in kept.values_mut() {
+                *value = value.replace(origin, INJECTED_BASE_URL);
+            }
+        }
+        let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let body = match (origin, std::str::from_utf8(body)) {
+            (Some(origin), Ok(text)) if text.contains(origin) => {
+                RecordedBody::from_bytes(content_type, text.replace(origin, INJECTED_BASE_URL).as_bytes())
+            }
+            _ => RecordedBody::from_bytes(content_type, body),
+        };
+        RecordedResponse { status, headers: kept, body }
+    }
+}
+
+/// `scheme://host[:port]` of a URL.
+fn origin(url: &str) -> Option<&str> {
+    let after_scheme = url.find("://")? + 3;
+    let end = url[after_scheme..].find('/').map_or(url.len(), |i| after_scheme + i);
+    Some(&url[..end])
 }
 
 impl Transport for RecordingTransport {
@@ -83,7 +109,7 @@ impl Transport for RecordingTransport {
             let recorded = recorded_upstream_request(&request, &self.base_url);
             match self.inner.send(request).await {
                 Ok(response) => {
-                    let answer = recorded_response(response.status, &response.headers, &response.body);
+                    let answer = self.recorded_response(response.status, &response.headers, &response.body);
                     note(UpstreamExchange { request: recorded, response: answer, failure: None });
                     Ok(response)
                 }
@@ -109,7 +135,7 @@ impl Transport for RecordingTransport {
             }
             note(UpstreamExchange {
                 request: recorded,
-                response: recorded_response(response.status, &response.headers, &bytes),
+                response: self.recorded_response(response.status, &response.headers, &bytes),
                 failure: None,
             });
             let body = futures_util::stream::once(async move { Ok(Bytes::from(bytes)) }).boxed();

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+use crate::cassette::redact::{MappingFields, Redactor};
 use crate::cassette::replay_transport::ReplayTransport;
 use crate::cassette::{Cassette, RecordedBody, RecordedResponse};
-use crate::config::{Config, token_hash};
+use crate::config::{Config, RedactionPolicy, token_hash};
+use crate::mapping::MappingSet;
 
 const REPLAY_TOKEN: &str = "replay-client-token";
 
@@ -58,6 +60,14 @@ pub fn cassette_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Replays one cassette through the mappings in `mappings_dir`.
 pub async fn replay_file(file: &Path, mappings_dir: &Path, accept: bool) -> CassetteReport {
+    match crate::server::load_mappings(mappings_dir) {
+        Ok(set) => replay_file_with(file, &set, accept).await,
+        Err(e) => CassetteReport { file: file.to_path_buf(), problems: vec![e], rewritten: false },
+    }
+}
+
+/// Replays one cassette through a loaded mapping set.
+async fn replay_file_with(file: &Path, set: &MappingSet, accept: bool) -> CassetteReport {
     let mut report = CassetteReport { file: file.to_path_buf(), problems: Vec::new(), rewritten: false };
     let cassette: Cassette = match std::fs::read_to_string(file)
         .map_err(|e| e.to_string())
@@ -69,7 +79,7 @@ pub async fn replay_file(file: &Path, mappings_dir: &Path, accept: bool) -> Cass
             return report;
         }
     };
-    match replay(&cassette, mappings_dir, accept).await {
+    match replay(&cassette, set).await {
         Err(e) => report.problems.push(e),
         Ok((upstream_problems, response_diffs, replayed)) => {
             // Accept rewrites what the mapping now produces, but only when every upstream request still
@@ -82,7 +92,15 @@ pub async fn replay_file(file: &Path, mappings_dir: &Path, accept: bool) -> Cass
                     }
                 }
             } else {
+                let changed_upstream = !upstream_problems.is_empty();
                 report.problems = upstream_problems.into_iter().chain(response_diffs).collect();
+                if accept && changed_upstream {
+                    // Accepting would pair a request with the answer the EHR gave to another one.
+                    report.problems.push(
+                        "not accepted: the upstream requests changed, so the recorded answers no longer apply; re-record this exchange"
+                            .into(),
+                    );
+                }
             }
         }
     }
@@ -91,11 +109,8 @@ pub async fn replay_file(file: &Path, mappings_dir: &Path, accept: bool) -> Cass
 
 /// Runs the cassette's front-door request against its recorded upstream answers; returns the upstream
 /// problems, the front-door differences, and the cassette as it would be recorded now.
-async fn replay(
-    cassette: &Cassette,
-    mappings_dir: &Path,
-    accept: bool,
-) -> Result<(Vec<String>, Vec<String>, Cassette), String> {
+async fn replay(cassette: &Cassette, set: &MappingSet) -> Result<(Vec<String>, Vec<String>, Cassette), String> {
+    let mappings_dir = &set.dir;
     let org = &cassette.organization;
     let toml = format!(
         "[server]\nmappings_dir = {mappings:?}\npublic_base_url = {base:?}\n[connections.replay]\nehr = {ehr:?}\nsimulator = true\n\
@@ -109,8 +124,14 @@ async fn replay(
         hash = token_hash(REPLAY_TOKEN),
     );
     let config = Config::from_toml_str(&toml).map_err(|e| e.to_string())?;
-    let transport = Arc::new(ReplayTransport::new(cassette.upstream.clone(), accept));
-    let (state, _) = crate::server::build_state_with(config, Some(transport.clone())).await?;
+    let transport = Arc::new(ReplayTransport::new(cassette.upstream.clone()));
+    let (state, _) = crate::server::build_state_from(config, set.clone(), Some(transport.clone())).await?;
+    // Both sides are compared as recording left them: the mapping's own constants and the values it
+    // derives get the placeholders they got when the cassette was recorded.
+    let fields =
+        Arc::new(state.registry.snapshot().get(&org.mapping).map(|m| MappingFields::of(m)).unwrap_or_default());
+    let redactor = Arc::new(Redactor::new(RedactionPolicy::default())?);
+    transport.set_placeholders(redactor.clone(), fields.clone());
     let service = crate::server::build_service(state);
 
     let r = &cassette.request;
@@ -136,11 +157,12 @@ async fn replay(
         .iter()
         .filter_map(|h| Some((h.to_string(), parts.headers.get(*h)?.to_str().ok()?.to_string())))
         .collect();
-    let now = RecordedResponse {
+    let mut now = RecordedResponse {
         status: parts.status.as_u16(),
         headers,
         body: RecordedBody::from_bytes(content_type, &bytes),
     };
+    redactor.placeholders(&mut now, &fields)?;
 
     let (sent, upstream_problems) = transport.finish();
     let mut problems = Vec::new();
@@ -175,6 +197,7 @@ fn brief(body: &RecordedBody) -> String {
         RecordedBody::Form(f) => format!("form {f:?}"),
         RecordedBody::Text(t) => format!("text {:?}", t.chars().take(80).collect::<String>()),
         RecordedBody::RedactedBytes(n) => format!("{n} bytes"),
+        RecordedBody::RedactedFile { len, signature } => format!("{len} bytes starting {signature}"),
     }
 }
 
@@ -184,8 +207,13 @@ pub async fn replay_dir(dir: &Path, mappings_dir: &Path, accept: bool, out: &mut
     let files = cassette_files(dir);
     let terminal = std::io::stderr().is_terminal();
     let mut reports = Vec::new();
+    // Compiled once for all cassettes.
+    let set = crate::server::load_mappings(mappings_dir);
     for (i, file) in files.iter().enumerate() {
-        let report = replay_file(file, mappings_dir, accept).await;
+        let report = match &set {
+            Ok(set) => replay_file_with(file, set, accept).await,
+            Err(e) => CassetteReport { file: file.clone(), problems: vec![e.clone()], rewritten: false },
+        };
         let name = file.strip_prefix(dir).unwrap_or(file).display().to_string();
         if terminal {
             let done = (i + 1) * 30 / files.len().max(1);

@@ -43,7 +43,11 @@ pub struct RedactionPolicy {
 
 fn default_id_patterns() -> Vec<String> {
     // Links carry references percent-encoded (`patient=Patient%2F<id>`).
-    vec![r"Patient/([A-Za-z0-9\-.]{1,64})".into(), r"Patient%2[Ff]([A-Za-z0-9\-.]{1,64})".into()]
+    // Who the record is about or by: patients, their encounters, the practitioners involved.
+    vec![
+        r"(?:Patient|Encounter|Practitioner|RelatedPerson)/([A-Za-z0-9\-.]{1,64})".into(),
+        r"(?:Patient|Encounter|Practitioner|RelatedPerson)%2[Ff]([A-Za-z0-9\-.]{1,64})".into(),
+    ]
 }
 fn default_id_keys() -> Vec<String> {
     ["patient", "subject", "patientid", "patient_id"].map(String::from).to_vec()

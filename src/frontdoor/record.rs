@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 
 use crate::body::{self, body_error};
 use crate::cassette::recorder::Recorder;
+use crate::cassette::redact::MappingFields;
 use crate::cassette::tap::{capture, kept_headers};
 use crate::cassette::{Cassette, FORMAT_VERSION, OrganizationInfo, RecordedBody, RecordedRequest, RecordedResponse};
 use crate::error::GatewayError;
@@ -55,7 +56,7 @@ pub async fn handle_recorded(
         body: RecordedBody::from_bytes(content_type, &bytes),
     };
     let req = GatewayRequest::from_parts(parts, body::full(bytes));
-    let (result, upstream) = capture(super::handle(state, req)).await;
+    let (result, upstream) = capture(super::handle(state.clone(), req)).await;
     // Errors are recorded as the edge will render them, and passed on unchanged.
     let (status, headers, body_bytes, passthrough) = match result {
         Ok(response) => {
@@ -84,7 +85,8 @@ pub async fn handle_recorded(
         },
         upstream,
     };
+    let fields = state.registry.snapshot().get(&org.mapping).map(|m| MappingFields::of(m)).unwrap_or_default();
     let r = recorder.clone();
-    let _ = tokio::task::spawn_blocking(move || r.write(cassette)).await;
+    let _ = tokio::task::spawn_blocking(move || r.write(cassette, &fields)).await;
     passthrough
 }

@@ -1,6 +1,7 @@
 //! The compiled model: what a checked mapping file becomes, and the set of them one load produces. The
 //! engine runs it as it is; nothing in it changes after compiling.
 
+use super::spec::RedactSpec;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -214,6 +215,8 @@ pub struct Mapping {
     pub request_id_header: Option<String>,
     pub category_extension: Option<String>,
     pub max_upload_bytes: Option<u64>,
+    /// Where the EHR's exchanges hold what a cassette must not keep.
+    pub redact: RedactSpec,
 }
 
 impl Mapping {
@@ -227,8 +230,8 @@ impl Mapping {
     }
 }
 
-/// Every mapping of one load, with its version.
-#[derive(Debug)]
+/// Every mapping of one load, with its version. Cloning shares the compiled mappings.
+#[derive(Debug, Clone)]
 pub struct MappingSet {
     pub mappings: BTreeMap<String, Arc<Mapping>>,
     /// Content hash of all files (first 16 hex chars of SHA-256).

@@ -41,6 +41,36 @@ pub struct MappingFile {
     /// any upstream call.
     #[serde(default)]
     pub max_upload_bytes: Option<u64>,
+    /// Where this EHR's exchanges hold identifiers, free text, dates and media, for recorded cassettes.
+    #[serde(default)]
+    pub redact: RedactSpec,
+}
+
+/// What a recorded cassette must not keep, beyond the gateway's defaults (`[record.redact]`): the mapping
+/// knows its EHR's fields. Field names apply to JSON keys, form fields and query parameters, upstream
+/// and front door alike.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedactSpec {
+    /// Variables of the categories' `id` templates that identify a patient or a record: their values are
+    /// pseudonymized wherever they appear (gateway ids, paths, queries, bodies; numbers too).
+    #[serde(default)]
+    pub id_parts: Vec<String>,
+    /// Fields holding identifiers of patients or records (e.g. athena's `patientid`).
+    #[serde(default)]
+    pub identifier_fields: Vec<String>,
+    /// Fields holding free text, names or user names: replaced by placeholders of the same shape.
+    #[serde(default)]
+    pub text_fields: Vec<String>,
+    /// Media extension URLs whose value is free text (e.g. an internal note).
+    #[serde(default)]
+    pub text_extensions: Vec<String>,
+    /// Fields holding dates about the patient: replaced by a placeholder date in the same format.
+    #[serde(default)]
+    pub date_fields: Vec<String>,
+    /// Fields holding media as base64: replaced by placeholders that keep the file's signature.
+    #[serde(default)]
+    pub media_fields: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

@@ -134,10 +134,25 @@ pub async fn build_state_with(
     config: Config,
     injected: Option<Arc<dyn Transport>>,
 ) -> Result<(Arc<AppState>, Sandbox), String> {
-    let set = MappingSet::load_dir(&config.server.mappings_dir).map_err(|diagnostics| {
+    let set = load_mappings(&config.server.mappings_dir)?;
+    build_state_from(config, set, injected).await
+}
+
+/// The mapping folder, compiled; every problem listed.
+pub fn load_mappings(dir: &std::path::Path) -> Result<MappingSet, String> {
+    MappingSet::load_dir(dir).map_err(|diagnostics| {
         let lines: Vec<String> = diagnostics.iter().map(|d| format!("  - {d}")).collect();
         format!("mapping set has {} problem(s):\n{}", diagnostics.len(), lines.join("\n"))
-    })?;
+    })
+}
+
+/// Like `build_state_with`, with the mapping set already loaded (replay loads a folder once for all its
+/// cassettes).
+pub async fn build_state_from(
+    config: Config,
+    set: MappingSet,
+    injected: Option<Arc<dyn Transport>>,
+) -> Result<(Arc<AppState>, Sandbox), String> {
     let problems = reload::fit_problems(&config, &set);
     if !problems.is_empty() {
         return Err(format!("configuration does not fit the mappings:\n  - {}", problems.join("\n  - ")));
@@ -199,6 +214,7 @@ pub async fn build_state_with(
             max_concurrency: conn.max_concurrency,
             max_attempts: conn.max_attempts,
             serialize_writes: conn.serialize_writes,
+            cache_lookups: config.record.dir.is_none(),
             params: {
                 let mut params = conn.params.clone();
                 if conn.simulator {

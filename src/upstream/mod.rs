@@ -44,6 +44,9 @@ pub struct ClientSettings {
     pub serialize_writes: bool,
     /// The connection's `params` (the mapping's `connection_params`, e.g. athena's practice).
     pub params: std::collections::BTreeMap<String, String>,
+    /// Remember lookups a mapping marks `cache`. Off while recording, so every cassette holds the
+    /// lookups its request needs and replays on its own.
+    pub cache_lookups: bool,
 }
 
 /// Values a mapping step bound, remembered per connection (e.g. a patient's primary department).
@@ -136,6 +139,7 @@ impl UpstreamClient {
         let result = loop {
             let cache_key = run.cache_key();
             if let Some((key, _)) = &cache_key
+                && self.settings.cache_lookups
                 && let Some(hit) = self.lookups.get(key).filter(|c| c.expires > std::time::Instant::now())
             {
                 match run.use_cached(&hit.bound) {
@@ -154,7 +158,7 @@ impl UpstreamClient {
             match run.on_response(&response) {
                 Ok(Some(outcome)) => break Ok(outcome),
                 Ok(None) => {
-                    if let Some((key, ttl)) = cache_key {
+                    if let Some((key, ttl)) = cache_key.filter(|_| self.settings.cache_lookups) {
                         let expires = std::time::Instant::now() + ttl.min(LOOKUP_CACHE_MAX_TTL);
                         self.lookups.insert(key, Cached { bound: Arc::new(run.last_bound().clone()), expires });
                     }
@@ -405,6 +409,7 @@ mod tests {
             max_attempts: 3,
             serialize_writes: true,
             params: Default::default(),
+            cache_lookups: true,
         };
         (UpstreamClient::new(settings, transport.clone(), tokens), transport)
     }

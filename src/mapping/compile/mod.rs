@@ -388,6 +388,14 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
             });
         }
     }
+    for (i, part) in spec.redact.id_parts.iter().enumerate() {
+        if !categories.values().any(|cat: &Category| cat.id.variables().any(|v| v == part)) {
+            c.error(
+                &format!("redact.id_parts[{i}]"),
+                format!("`{part}` is not a variable of any category's `id` template"),
+            );
+        }
+    }
     for table in spec.code_tables.keys() {
         if !c.used_tables.contains(table) {
             c.warning(
@@ -420,6 +428,7 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
             request_id_header: spec.request_id_header,
             category_extension: spec.category_extension,
             max_upload_bytes: spec.max_upload_bytes,
+            redact: spec.redact,
         },
         c.diagnostics,
     ))

@@ -128,7 +128,7 @@ impl State {
             }
             (None, None) => {
                 // Canvas puts such a Media into a brand-new "Data Import" note, one per create.
-                let note_id = uuid::Uuid::new_v4().to_string();
+                let note_id = data.next_uuid("note");
                 data.notes.insert(
                     note_id.clone(),
                     Note { patient: patient.clone(), encounter: None, latest_ticket: 0, in_flight: 0 },

@@ -275,6 +275,24 @@ struct Data {
     stats: CanvasSimStats,
     in_flight_requests: u64,
     in_flight_creates: u64,
+    /// Ids handed out so far: ids come from a sequence, not chance, so one run of the same requests
+    /// gives the same ids (recordings can be made again without changing).
+    issued_ids: u64,
+}
+
+impl Data {
+    /// The next id Canvas would assign (a UUID, derived from the sequence number).
+    fn next_uuid(&mut self, kind: &str) -> String {
+        self.issued_ids += 1;
+        let digest =
+            <sha2::Sha256 as sha2::Digest>::digest(format!("canvas-sim:{kind}:{}", self.issued_ids).as_bytes());
+        let mut raw = [0u8; 16];
+        raw.copy_from_slice(&digest[..16]);
+        // Version 4, variant 1, like the UUIDs Canvas issues.
+        raw[6] = (raw[6] & 0x0f) | 0x40;
+        raw[8] = (raw[8] & 0x3f) | 0x80;
+        uuid::Uuid::from_bytes(raw).to_string()
+    }
 }
 
 struct Note {
@@ -335,6 +353,7 @@ impl State {
                 stats: CanvasSimStats::default(),
                 in_flight_requests: 0,
                 in_flight_creates: 0,
+                issued_ids: 0,
             }),
         }
     }

@@ -12,10 +12,10 @@ impl State {
     /// The write inside Canvas. It stays in flight for `write_latency`; if another create on the same note starts
     /// meanwhile, this one is silently lost, yet still answers 201 (canvas.md §1.2 "Concurrency").
     pub(super) async fn commit_create(&self, draft: CreateDraft) -> SimResponse {
-        let media_id = uuid::Uuid::new_v4().to_string();
-        let ticket = {
+        let (media_id, ticket) = {
             let mut guard = self.data();
             let data = &mut *guard;
+            let media_id = data.next_uuid("media");
             let note = data.notes.entry(draft.note_id.clone()).or_insert_with(|| Note {
                 patient: draft.patient.clone(),
                 encounter: draft.encounter.clone(),
@@ -30,7 +30,7 @@ impl State {
             let stats = &mut data.stats;
             stats.max_concurrent_creates = stats.max_concurrent_creates.max(data.in_flight_creates);
             stats.max_concurrent_creates_same_encounter = stats.max_concurrent_creates_same_encounter.max(same_note);
-            ticket
+            (media_id, ticket)
         };
 
         if !self.write_latency.is_zero() {
