@@ -100,8 +100,11 @@ fn check_mappings(loaded: &mut Loaded) -> String {
         }
         let mut one = loaded.config.clone();
         one.organizations = vec![org.clone()];
+        // `fit_problems` reads a connection's ehr, simulator and params; without them trustworthy it
+        // checks the mapping alone.
         let connection = KeyPath::root().key("connections").key(&org.connection);
-        let usable = !loaded.failed(&at.key("connection")) && !loaded.failed(&connection);
+        let usable = !loaded.failed(&at.key("connection"))
+            && ["ehr", "simulator", "params"].iter().all(|key| !loaded.failed(&connection.key(key)));
         one.connections.retain(|name, _| usable && name == &org.connection);
         for problem in reload::fit_problems(&one, &set) {
             // `fit_problems` numbers the organizations it was given: here only this one, at 0.

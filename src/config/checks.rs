@@ -18,6 +18,7 @@ pub(super) fn check(config: &Config, r: &mut Reader) {
 fn problem(r: &mut Reader, path: &KeyPath, text: impl std::fmt::Display) {
     if !r.failed(path) {
         r.report(path, format!("{path}: {text}"));
+        r.flag(path);
     }
 }
 
@@ -71,8 +72,9 @@ fn record(config: &Config, r: &mut Reader) {
     }
     if let Err(e) = config.record.redact.clone().compile() {
         // The policy names its own key (`record.redact.patient_id_patterns: …`).
-        let key = e.split(':').next().unwrap_or_default();
-        r.report(&KeyPath::from(key), e);
+        let key = KeyPath::from(e.split(':').next().unwrap_or_default());
+        r.report(&key, e);
+        r.flag(&key);
     }
 }
 
@@ -82,10 +84,12 @@ fn connections(config: &Config, r: &mut Reader) {
         if !KNOWN_EHRS.contains(&c.ehr.as_str()) {
             problem(r, &at.key("ehr"), format_args!("unknown EHR `{}`; supported: {}", c.ehr, KNOWN_EHRS.join(", ")));
         }
-        if c.simulator {
+        // Whether the EHR settings are needed depends on `simulator`; when it failed, nothing is said.
+        let simulator = (!r.failed(&at.key("simulator"))).then_some(c.simulator);
+        if simulator == Some(true) {
             #[cfg(not(feature = "sandbox"))]
             problem(r, &at.key("simulator"), super::NO_SIMULATORS);
-        } else {
+        } else if simulator == Some(false) {
             for (key, value) in [("base_url", &c.base_url), ("token_url", &c.token_url), ("client_id", &c.client_id)] {
                 match value {
                     None => problem(r, &at.key(key), "required unless `simulator = true`"),

@@ -302,10 +302,10 @@ impl Loaded {
         self.reader.problems(SECTIONS)
     }
 
-    /// Whether the key at `path`, a table holding it or a key inside it failed to read; a check on it
-    /// would then only repeat a problem already reported.
+    /// Whether the key at `path`, a table holding it or a key inside it failed to read or was found
+    /// wrong; a check on it would then only repeat a problem already reported.
     pub fn failed(&self, path: &KeyPath) -> bool {
-        self.reader.failed(path)
+        self.reader.failed_or_flagged(path)
     }
 
     /// Adds a problem found outside this module (the mapping folder) against the key that led to it,

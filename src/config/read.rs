@@ -26,7 +26,10 @@ pub(super) struct Reader {
     fallback: Origin,
     /// Each problem with the key it is about, for ordering by section.
     problems: Vec<(KeyPath, String)>,
+    /// Keys that could not be read.
     failed: Vec<KeyPath>,
+    /// Keys read whose value a check found wrong.
+    flagged: Vec<KeyPath>,
 }
 
 impl Reader {
@@ -37,7 +40,16 @@ impl Reader {
         env_prefix: &'static str,
         fallback: Origin,
     ) -> Self {
-        Reader { figment, root, env_provider, env_prefix, fallback, problems: Vec::new(), failed: Vec::new() }
+        Reader {
+            figment,
+            root,
+            env_provider,
+            env_prefix,
+            fallback,
+            problems: Vec::new(),
+            failed: Vec::new(),
+            flagged: Vec::new(),
+        }
     }
 
     pub fn value(&self, path: &KeyPath) -> Option<&Value> {
@@ -84,6 +96,20 @@ impl Reader {
     /// then be a follow-on of a problem already reported.
     pub fn failed(&self, path: &KeyPath) -> bool {
         self.failed.iter().any(|f| path.starts_with(f) || f.starts_with(path))
+    }
+
+    /// Marks a key a check found wrong; see `flagged`.
+    pub fn flag(&mut self, path: &KeyPath) {
+        if !self.flagged.contains(path) {
+            self.flagged.push(path.clone());
+        }
+    }
+
+    /// Like `failed`, counting keys the checks found wrong too. Checks within the configuration ask
+    /// `failed` (an invalid or duplicate id is still the name a client means); checks that use the values
+    /// further (the mapping folder) ask this.
+    pub fn failed_or_flagged(&self, path: &KeyPath) -> bool {
+        self.failed(path) || self.flagged.iter().any(|f| path.starts_with(f) || f.starts_with(path))
     }
 
     /// Whether `path` or a table holding it failed to read (not counting keys inside it).
