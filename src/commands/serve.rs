@@ -85,7 +85,11 @@ fn check_mappings(loaded: &mut Loaded) -> String {
         Ok(set) => set,
         Err(diagnostics) => {
             let n = diagnostics.len();
-            let lines: String = diagnostics.iter().map(|d| format!("  - {d}\n")).collect();
+            // A TOML error spans lines; they stay inside their item.
+            let lines: String = diagnostics
+                .iter()
+                .map(|d| format!("  - {}\n", d.to_string().trim_end().replace('\n', "\n    ")))
+                .collect();
             let noun = if n == 1 { "problem" } else { "problems" };
             return format!("the mapping files in {} have {n} {noun}:\n{lines}", dir.display());
         }
