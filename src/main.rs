@@ -6,14 +6,18 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ehr_gateway::commands;
-use ehr_gateway::config::DEFAULT_CONFIG;
+
+/// How `--help` starts: what the gateway is, then the way in for a first run.
+const ABOUT: &str = "One FHIR R4 Media API in front of EHRs (Canvas Medical and athenahealth), driven by \
+                     declarative mapping files";
+const LONG_ABOUT: &str = "One FHIR R4 Media API in front of EHRs (Canvas Medical and athenahealth), driven by \
+declarative mapping files.
+
+First run, from the repository folder: `ehr-gateway serve` starts sandbox mode (config/default.toml: \
+in-process EHR simulators, demo token `demo-token`) on http://127.0.0.1:8080.";
 
 #[derive(Parser)]
-#[command(
-    name = "ehr-gateway",
-    version,
-    about = "One FHIR R4 Media API in front of EHRs (Canvas and athenahealth today; Elation and Epic next)"
-)]
+#[command(name = "ehr-gateway", version, about = ABOUT, long_about = LONG_ABOUT)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,17 +26,24 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the gateway (the default config runs sandbox mode with in-process EHR simulators).
+    ///
+    /// The configuration and the mapping folder it names are checked first; every problem is listed at
+    /// once and the exit code is 1. Environment variables prefixed EHRGW_ override keys of the file,
+    /// nesting with `__` (EHRGW_SERVER__LISTEN=0.0.0.0:8080).
     Serve {
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        /// Listen address, overriding the config (e.g. 127.0.0.1:8080).
-        #[arg(long)]
+        /// Configuration file [default: config/default.toml, in the current folder].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Listen address, overriding the config and the environment (e.g. 127.0.0.1:8080; port 0 picks
+        /// a free port).
+        #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
-        /// Record every front-door exchange with its upstream exchanges as redacted cassettes in DIR.
+        /// Record every front-door exchange with its upstream exchanges as redacted cassettes in DIR
+        /// (overrides `record.dir`).
         #[arg(long, value_name = "DIR")]
         record: Option<PathBuf>,
     },
-    /// Work with mapping files.
+    /// Check, test or describe mapping files.
     Mappings {
         #[command(subcommand)]
         command: MappingsCommand,
@@ -40,15 +51,16 @@ enum Command {
     /// Replay recorded cassettes through the current mappings (no EHR is called); exit 1 on regressions.
     #[cfg(feature = "sandbox")]
     Replay {
-        /// Folder of cassettes (searched recursively), e.g. tests/replay.
+        /// Folder of cassettes (*.json, searched recursively), e.g. tests/replay.
         dir: PathBuf,
-        #[arg(long, default_value = "mappings")]
+        /// Folder of mapping files to replay through.
+        #[arg(long, value_name = "DIR", default_value = "mappings")]
         mappings: PathBuf,
         /// Rewrite the cassettes whose outcome changed with what the mappings produce now.
         #[arg(long)]
         accept: bool,
     },
-    /// Run an EHR simulator on its own.
+    /// Run an EHR simulator on its own, until Ctrl-C (port 0 in an address picks a free port).
     #[cfg(feature = "sandbox")]
     Sim {
         #[command(subcommand)]
@@ -60,11 +72,13 @@ enum Command {
 enum MappingsCommand {
     /// Load and compile every mapping file, reporting every problem; exit 1 on any error.
     Check {
+        /// Folder of mapping files (*.toml).
         #[arg(default_value = "mappings")]
         dir: PathBuf,
     },
     /// Run the golden cases in DIR/<mapping>/tests/*.toml; exit 1 on any failure.
     Test {
+        /// Folder of mapping files, with each mapping's golden cases under <mapping>/tests/.
         #[arg(default_value = "mappings")]
         dir: PathBuf,
     },
@@ -77,16 +91,20 @@ enum MappingsCommand {
 enum SimCommand {
     /// The Canvas Medical simulator (token host, FHIR host, and a stand-in for S3).
     Canvas {
-        #[arg(long, default_value = "127.0.0.1:9101")]
+        /// Address of the Canvas instance host, which issues OAuth tokens.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9101")]
         instance: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:9102")]
+        /// Address of the FHIR API host.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9102")]
         fhir: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:9103")]
+        /// Address of the stand-in for S3, which serves the media bytes behind presigned links.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9103")]
         s3: SocketAddr,
     },
     /// The athenahealth simulator (token endpoint and API on one host).
     Athena {
-        #[arg(long, default_value = "127.0.0.1:9111")]
+        /// Address of the simulator's one host (token endpoint and API).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9111")]
         listen: SocketAddr,
     },
 }
@@ -105,7 +123,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve { config, listen, record } => commands::serve::run(&config, listen, record).await,
+        Command::Serve { config, listen, record } => commands::serve::run(config.as_deref(), listen, record).await,
         Command::Mappings { command: MappingsCommand::Check { dir } } => commands::mappings::check(&dir),
         Command::Mappings { command: MappingsCommand::Test { dir } } => commands::mappings::test(&dir),
         Command::Mappings { command: MappingsCommand::Schema } => commands::mappings::schema(),
