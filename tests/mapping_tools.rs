@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::copy_dir;
-use ehr_gateway::mapping::{MappingSet, editor_schema, golden};
+use ehr_gateway::mapping::{MappingSet, compile_file, editor_schema, golden};
 
 fn mappings() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")
@@ -116,4 +116,154 @@ fn the_editor_schema_is_current_and_accepts_every_shipped_mapping() {
     // The schema flags mistakes too.
     let bad = serde_json::json!({"ehr": "canvas", "display_name": "x", "default_category": "c", "auth": {"flow": "client_credentials", "client_auth": "form"}, "categories": {}, "colour": "blue"});
     assert!(!validator.is_valid(&bad));
+}
+
+/// A mapping with every interaction, each of two steps that all have a `path`, so a diagnostic found
+/// by the first `path` (or the first `steps`) in the file would point at the wrong line. Every `{bad_…}`
+/// is an unknown variable or another mistake planted at one key.
+fn every_interaction_mapping() -> String {
+    let mut text = String::from(
+        r#"ehr = "demo"
+display_name = "Demo EHR"
+default_category = "photo"
+
+[auth]
+flow = "client_credentials"
+client_auth = "form"
+
+[categories.photo]
+description = "every interaction, two steps each"
+id = "d.{media_id}"
+
+[categories.photo.resource]
+bind = { media_id = "$.id" }
+
+[categories.photo.resource.template]
+resourceType = "Media"
+id = "{gateway_id}"
+content = { contentType = "$.mime", title = "{bad_template}", url = "{content_url}" }
+
+[categories.photo.create]
+serialize_writes_by = [
+  "$.encounter.reference",
+  "$.note[",
+]
+
+[[categories.photo.create.checks]]
+path = "$.status"
+expression = "Media.status"
+message = "status"
+
+[[categories.photo.create.checks]]
+path = "$.subject.reference"
+expression = "Media.subject"
+pattern = "(bad_pattern"
+message = "subject"
+"#,
+    );
+    let results = [
+        ("create", "resource"),
+        ("read", "resource"),
+        ("update", "resource"),
+        ("delete", "none"),
+        ("content", "bytes"),
+    ];
+    for (interaction, result) in results {
+        if interaction != "create" {
+            text.push_str(&format!("\n[categories.photo.{interaction}]\n"));
+        }
+        for n in 0..2 {
+            let path = if n == 1 { format!("/{interaction}/{{bad_{interaction}}}") } else { format!("/{interaction}") };
+            text.push_str(&format!(
+                "\n[[categories.photo.{interaction}.steps]]\nmethod = \"GET\"\npath = \"{path}\"\nexpect = [200]\n"
+            ));
+            if n == 0 {
+                text.push_str("bind = { media_id = \"$.id\" }\n");
+                text.push_str(&format!(
+                    "[categories.photo.{interaction}.steps.body]\nnote = \"{{bad_{interaction}_body}}\"\n"
+                ));
+            } else {
+                text.push_str(&format!("result = \"{result}\"\n"));
+            }
+        }
+    }
+    text.push_str(
+        r#"
+[categories.photo.search]
+params = { patient = "patient | reference(Patient)", _id = "_id | bad_transform" }
+count = { default = 10, max = 100 }
+entries = "$.entry[*]"
+
+[[categories.photo.search.steps]]
+method = "GET"
+path = "/search"
+expect = [200]
+
+[[categories.photo.search.steps]]
+method = "GET"
+path = "/search/{bad_search}"
+expect = [200]
+result = "bundle"
+
+[categories.photo.search.each]
+drop_on = [404]
+
+[categories.photo.search.each.step]
+method = "GET"
+path = "/search-each/{bad_each}"
+expect = [200]
+
+[[errors]]
+status = "404"
+gateway_status = 404
+code = "not-found"
+message = "gone"
+
+[[errors]]
+status = "5xx"
+gateway_status = 502
+code = "bad-code"
+message = "failed"
+"#,
+    );
+    text
+}
+
+#[test]
+fn every_problem_points_at_the_line_of_its_own_key_in_every_interaction() {
+    let text = every_interaction_mapping();
+    let d = compile_file("demo", Path::new("demo.toml"), &text).unwrap_err();
+    let line_of =
+        |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle}")) + 1;
+    let mut expected = vec![
+        ("categories.photo.resource.template.content.title", line_of("{bad_template}")),
+        ("categories.photo.create.serialize_writes_by[1]", line_of("\"$.note[\"")),
+        ("categories.photo.create.checks[1].pattern", line_of("(bad_pattern")),
+        ("categories.photo.search.params._id", line_of("bad_transform")),
+        ("categories.photo.search.steps[1].path", line_of("{bad_search}")),
+        ("categories.photo.search.each.step.path", line_of("{bad_each}")),
+        ("errors[1].code", line_of("bad-code")),
+    ];
+    let interactions = ["create", "read", "update", "delete", "content"];
+    let keys: Vec<(String, String)> = interactions
+        .iter()
+        .flat_map(|i| {
+            [
+                (format!("categories.photo.{i}.steps[1].path"), format!("{{bad_{i}}}")),
+                (format!("categories.photo.{i}.steps[0].body.note"), format!("{{bad_{i}_body}}")),
+            ]
+        })
+        .collect();
+    expected.extend(keys.iter().map(|(k, needle)| (k.as_str(), line_of(needle))));
+    let all = d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n");
+    for (key, line) in &expected {
+        let found = d.iter().find(|d| d.key == *key).unwrap_or_else(|| panic!("no diagnostic for {key} in\n{all}"));
+        assert_eq!(
+            found.position.map(|p| p.0),
+            Some(*line),
+            "{found}\nexpected line {line}: `{}`",
+            text.lines().nth(line - 1).unwrap()
+        );
+    }
+    assert_eq!(d.len(), expected.len(), "{all}");
 }

@@ -2,6 +2,7 @@
 //! found reported at once.
 
 mod compiler;
+mod locate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
