@@ -59,9 +59,9 @@ fn check_reports_every_mistake_across_files_with_lines() {
         1,
     );
     std::fs::write(&canvas, broken).unwrap();
-    // A second file with an unknown key.
+    // A second file (a variant of the Canvas mapping) with an unknown key.
     let second = text.replacen("default_category =", "colour = \"blue\"\ndefault_category =", 1);
-    std::fs::write(dir.join("canvas2.toml"), second).unwrap();
+    std::fs::write(dir.join("canvas.second.toml"), second).unwrap();
 
     let out = Command::new(env!("CARGO_BIN_EXE_ehr-gateway")).args(["mappings", "check"]).arg(&dir).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -73,7 +73,7 @@ fn check_reports_every_mistake_across_files_with_lines() {
     let expect = [
         format!("canvas.toml:{}:", line_of("canvas.toml", "$.entry[*.resource")),
         format!("canvas.toml:{}:", line_of("canvas.toml", "location_idd")),
-        format!("canvas2.toml:{}:", line_of("canvas2.toml", "colour")),
+        format!("canvas.second.toml:{}:", line_of("canvas.second.toml", "colour")),
     ];
     for e in &expect {
         assert!(stdout.contains(e.as_str()), "missing {e} in\n{stdout}");
@@ -266,4 +266,40 @@ fn every_problem_points_at_the_line_of_its_own_key_in_every_interaction() {
         );
     }
     assert_eq!(d.len(), expected.len(), "{all}");
+}
+
+#[test]
+fn backups_and_strays_beside_the_mappings_are_skipped_with_a_warning_each() {
+    let dir = scratch("strays");
+    let canvas = std::fs::read_to_string(dir.join("canvas.toml")).unwrap();
+    // Not even parsed: a broken backup does not fail the check.
+    let strays = [
+        ("canvas-backup.toml", "this is = not [valid toml".to_string(), "`canvas-backup` is not `<ehr>`"),
+        ("canvas.toml.bak", canvas.clone(), "a backup or temporary file (`.bak`)"),
+        (".#canvas.toml", canvas.clone(), "a hidden or editor's file"),
+        ("canvas.toml~", canvas.clone(), "an editor's backup (`~`)"),
+        ("canvas.toml.orig", canvas.clone(), "a backup or temporary file (`.orig`)"),
+        ("canvas.orig.toml", canvas.clone(), "the variant `orig` names a backup"),
+        ("photos.toml", canvas.clone(), "its `ehr` is `canvas`, so it is not a `photos` mapping"),
+    ];
+    for (name, text, _) in &strays {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    // A variant named by the rule is a mapping of its own.
+    std::fs::write(dir.join("canvas.staging.toml"), &canvas).unwrap();
+
+    let set = MappingSet::load_dir(&dir).unwrap_or_else(|d| panic!("{d:?}"));
+    assert_eq!(set.mappings.keys().collect::<Vec<_>>(), ["athena", "canvas", "canvas.staging"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_ehr-gateway")).args(["mappings", "check"]).arg(&dir).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for (name, _, why) in &strays {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&format!("/{name}: skipped, not loaded as a mapping: ")))
+            .unwrap_or_else(|| panic!("{name} not reported in\n{stdout}"));
+        assert!(line.starts_with("warning: ") && line.contains(why), "{line}");
+    }
+    assert!(stdout.contains("3 mapping(s) OK"), "{stdout}");
+    let _ = std::fs::remove_dir_all(dir);
 }
