@@ -303,3 +303,99 @@ fn backups_and_strays_beside_the_mappings_are_skipped_with_a_warning_each() {
     assert!(stdout.contains("3 mapping(s) OK"), "{stdout}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Every golden case file under `dir` with its bytes.
+fn case_bytes(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for mapping in ["athena", "canvas"] {
+        for entry in std::fs::read_dir(dir.join(mapping).join("tests")).unwrap() {
+            let path = entry.unwrap().path();
+            out.insert(
+                format!("{mapping}/tests/{}", path.file_name().unwrap().to_string_lossy()),
+                std::fs::read(path).unwrap(),
+            );
+        }
+    }
+    out
+}
+
+fn mappings_test(dir: &Path, accept: bool) -> (Option<i32>, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ehr-gateway"));
+    command.args(["mappings", "test"]).arg(dir);
+    if accept {
+        command.arg("--accept");
+    }
+    let out = command.output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The case files named on lines starting with `prefix` (`FAIL`, `rewrote`).
+fn listed(stdout: &str, prefix: &str) -> std::collections::BTreeSet<String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn accept_rewrites_exactly_the_cases_a_template_change_breaks_and_only_their_changed_fields() {
+    let dir = scratch("accept");
+    let before = case_bytes(&dir);
+    let file = dir.join("canvas.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let header = "[categories.visual-exam-finding.resource.template]\n";
+    assert!(text.contains(header));
+    std::fs::write(&file, text.replacen(header, &format!("{header}language = \"en\"\n"), 1)).unwrap();
+
+    let (code, failing) = mappings_test(&dir, false);
+    assert_eq!(code, Some(1), "{failing}");
+    let failing = listed(&failing, "FAIL ");
+    assert!(failing.len() >= 6 && failing.contains("canvas/tests/read.toml"), "{failing:?}");
+
+    let (code, accepted) = mappings_test(&dir, true);
+    assert_eq!(code, Some(0), "{accepted}");
+    assert_eq!(listed(&accepted, "rewrote "), failing, "{accepted}");
+    assert!(accepted.contains("result.resource.language: unexpected \"en\""), "{accepted}");
+    assert!(accepted.contains(&format!("mappings: {} rewritten", failing.len())), "{accepted}");
+
+    let after = case_bytes(&dir);
+    let changed: std::collections::BTreeSet<String> =
+        after.iter().filter(|(name, bytes)| before.get(*name) != Some(bytes)).map(|(n, _)| n.clone()).collect();
+    assert_eq!(changed, failing, "exactly the failing cases are rewritten; the others are byte-identical");
+    let (code, out) = mappings_test(&dir, false);
+    assert_eq!(code, Some(0), "{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn accept_does_not_invent_answers_for_requests_a_case_does_not_script() {
+    let dir = scratch("accept-refused");
+    let file = dir.join("canvas.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    // A read now asks Canvas something first; the cases script one answer only.
+    let read = "[categories.visual-exam-finding.read]\n";
+    let extra = "[[categories.visual-exam-finding.read.steps]]\nmethod = \"GET\"\npath = \"/Media/{media_id}/audit\"\nexpect = [200]\n\n";
+    std::fs::write(&file, text.replacen(read, &format!("{read}{extra}"), 1)).unwrap();
+    let read_case = dir.join("canvas/tests/read.toml");
+    let not_found = dir.join("canvas/tests/read-not-found.toml");
+    let (read_before, not_found_before) =
+        (std::fs::read_to_string(&read_case).unwrap(), std::fs::read_to_string(&not_found).unwrap());
+
+    let (code, out) = mappings_test(&dir, true);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL     canvas/tests/read.toml"), "{out}");
+    assert!(
+        out.contains(
+            "not rewritten: the mapping now sends upstream request #2 (GET /Media/729e5242-bad6-4bd7-905d-9716ae262971)"
+        ),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(&read_case).unwrap(), read_before, "a refused case is left as it was");
+    // The 404 now comes from the first request: its path is recorded.
+    assert!(out.contains("rewrote  canvas/tests/read-not-found.toml"), "{out}");
+    let rewritten = std::fs::read_to_string(&not_found).unwrap();
+    assert_ne!(rewritten, not_found_before);
+    assert!(rewritten.contains("/audit\""), "{rewritten}");
+    let _ = std::fs::remove_dir_all(dir);
+}
