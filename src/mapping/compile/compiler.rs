@@ -105,6 +105,17 @@ impl Compiler<'_> {
     /// field that uses it rather than at the template's table.
     fn inspect_fields(&mut self, key: &str, value: &Value, vars: &Known) {
         match value {
+            // `$each` is an expression whatever it starts with (a variable name too).
+            Value::Object(map) if map.contains_key("$each") => {
+                if let Some(Value::String(source)) = map.get("$each")
+                    && let Ok(e) = Expression::compile(source)
+                {
+                    self.inspect(&format!("{key}.$each"), [&e], Some(vars));
+                }
+                if let Some(item) = map.get("$item") {
+                    self.inspect_fields(&format!("{key}.$item"), item, vars);
+                }
+            }
             Value::Object(map) => {
                 for (k, v) in map {
                     self.inspect_fields(&format!("{key}.{k}"), v, vars);

@@ -467,6 +467,21 @@ mod tests {
     }
 
     #[test]
+    fn template_fields_are_inspected_one_by_one_each_sources_included() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/canvas.toml")).unwrap();
+        let header = "[categories.visual-exam-finding.resource.template]\n";
+        let field = "pages = { \"$each\" = \"pagez | first\", \"$item\" = { title = \"{titel}\" } }\n";
+        let broken = text.replacen(header, &format!("{header}{field}"), 1);
+        let d = compile_file("canvas", Path::new("canvas.toml"), &broken).unwrap_err();
+        let at = "categories.visual-exam-finding.resource.template.pages";
+        let keys: Vec<&str> = d.iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(keys, [format!("{at}.$each"), format!("{at}.$item.title")], "{d:?}");
+        assert!(d[0].message.contains("unknown variable `pagez`") && d[1].message.contains("unknown variable `titel`"));
+        let line = broken.lines().position(|l| l.starts_with("pages =")).unwrap() + 1;
+        assert!(d.iter().all(|d| d.position.map(|p| p.0) == Some(line)), "{d:?}");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_with_their_line_and_do_not_hide_other_mistakes() {
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/canvas.toml")).unwrap();
         let broken = text.replacen("default_category =", "colour = \"blue\"\ndefault_category =", 1).replacen(
