@@ -81,6 +81,10 @@ enum MappingsCommand {
         /// Folder of mapping files, with each mapping's golden cases under <mapping>/tests/.
         #[arg(default_value = "mappings")]
         dir: PathBuf,
+        /// Rewrite the cases whose upstream requests or result differ with what the mappings do now,
+        /// and list them (run it on a copy, then review the diff).
+        #[arg(long)]
+        accept: bool,
     },
     /// Print the JSON Schema of the mapping format (for editors; committed as docs/mapping.schema.json).
     Schema,
@@ -125,7 +129,7 @@ async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve { config, listen, record } => commands::serve::run(config.as_deref(), listen, record).await,
         Command::Mappings { command: MappingsCommand::Check { dir } } => commands::mappings::check(&dir),
-        Command::Mappings { command: MappingsCommand::Test { dir } } => commands::mappings::test(&dir),
+        Command::Mappings { command: MappingsCommand::Test { dir, accept } } => commands::mappings::test(&dir, accept),
         Command::Mappings { command: MappingsCommand::Schema } => commands::mappings::schema(),
         #[cfg(feature = "sandbox")]
         Command::Replay { dir, mappings, accept } => commands::replay::run(&dir, &mappings, accept).await,

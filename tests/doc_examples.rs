@@ -1,5 +1,8 @@
 //! Runs the examples of docs/mappings.md: the transform table, the how-to fragments spliced into the
-//! shipped Canvas mapping (which must still compile) with their golden cases, and the commands.
+//! shipped Canvas mapping (which must still compile) with their golden cases, the commands, and the safe
+//! edit loop step by step against a running gateway.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -163,4 +166,97 @@ fn the_commands_in_the_guide_work() {
             assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), committed.trim_end());
         }
     }
+}
+
+/// The guide's safe edit loop, line by line, in a work folder holding a copy of the mappings as the live
+/// folder of a running gateway and the replay cassettes: every step must succeed, and the published edit
+/// must be what the gateway then serves. The editor step is a comment-only edit, so the copy behaves as
+/// the shipped mappings do (the cassettes and cases pass unchanged).
+#[cfg(all(unix, feature = "sandbox"))]
+#[tokio::test]
+async fn the_safe_edit_loop_runs_step_by_step_and_publishes_to_a_running_gateway() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let doc = guide();
+    let block = examples(&doc).into_iter().find(|e| e.directive == "loop").expect("the loop block");
+    let work = std::env::temp_dir().join(format!("ehrgw-loop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    common::copy_dir(&root().join("mappings"), &work.join("mappings"));
+    std::fs::create_dir_all(work.join("tests")).unwrap();
+    std::os::unix::fs::symlink(root().join("tests/replay"), work.join("tests/replay")).unwrap();
+
+    let live = work.join("mappings");
+    let config = work.join("gateway.toml");
+    std::fs::write(&config, common::sandbox_config("").replace(&common::mappings_dir(), live.to_str().unwrap()))
+        .unwrap();
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_ehr-gateway"))
+        .args(["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = gateway.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("ehr-gateway serving on http://") {
+                let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_string());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the gateway started");
+    let admin = format!("http://{addr}/admin/mappings");
+    let client = common::http();
+    let (_, status) = common::get_json(&client, &admin).await;
+    let served = status["active"]["version"].as_str().unwrap().to_string();
+
+    let mut ran = Vec::new();
+    for line in block.code.lines() {
+        let command = line.split('#').next().unwrap().trim();
+        if let Some(file) = command.strip_prefix("$EDITOR ") {
+            let path = work.join(file);
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(&path, format!("{text}\n# reviewed in the safe edit loop\n")).unwrap();
+            ran.push("edit".to_string());
+            continue;
+        }
+        let out = match command.strip_prefix("ehr-gateway ") {
+            Some(args) => Command::new(env!("CARGO_BIN_EXE_ehr-gateway"))
+                .args(args.split_whitespace())
+                .current_dir(&work)
+                .output()
+                .unwrap(),
+            None => Command::new("sh").arg("-c").arg(command).current_dir(&work).output().unwrap(),
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{command}:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        if command.ends_with("--accept") {
+            assert!(stdout.contains("mappings: 0 rewritten"), "nothing to record on this copy:\n{stdout}");
+        }
+        ran.push(command.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    }
+    for step in ["edit", "ehr-gateway mappings check", "ehr-gateway mappings test", "ehr-gateway replay tests/replay"] {
+        assert!(ran.iter().any(|r| r == step), "the loop lacks `{step}`: {ran:?}");
+    }
+    assert!(block.code.contains("--accept"), "the loop records changes with --accept");
+
+    // Published: the live folder holds the edit, and the running gateway serves it.
+    let published = std::fs::read_to_string(live.join("canvas.toml")).unwrap();
+    assert!(published.ends_with("# reviewed in the safe edit loop\n"));
+    assert_eq!(published, std::fs::read_to_string(work.join("mappings-next/canvas.toml")).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let (_, status) = common::get_json(&client, &admin).await;
+        if status["active"]["version"] != served.as_str() && status["last_reload"]["outcome"] == "accepted" {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the published edit was not loaded: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["active"]["warnings"], serde_json::json!([]), "the temporary name was never loaded or left");
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    let _ = std::fs::remove_dir_all(&work);
 }

@@ -15,6 +15,10 @@ use super::engine::{Context, Outcome, Run, UpstreamRequest, UpstreamResponse};
 use super::{Mapping, MappingSet};
 use crate::error::GatewayError;
 
+mod accept;
+
+pub use accept::{AcceptReport, Action, accept_dir, accept_file, render_accept};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GoldenCase {
@@ -184,20 +188,22 @@ impl CaseReport {
 pub fn run_dir(set: &MappingSet, dir: &Path) -> Vec<CaseReport> {
     let mut reports = Vec::new();
     for (name, mapping) in &set.mappings {
-        let folder = dir.join(name).join("tests");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
-            .map(|e| {
-                e.filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort();
-        for file in files {
+        for file in case_files(&dir.join(name).join("tests")) {
             reports.push(run_file(mapping, &file));
         }
     }
     reports
+}
+
+/// The `*.toml` case files of a mapping's `tests` folder, in name order.
+fn case_files(folder: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(folder)
+        .map(|e| {
+            e.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
 }
 
 pub fn run_file(mapping: &Mapping, file: &Path) -> CaseReport {
@@ -237,6 +243,54 @@ pub fn run_file(mapping: &Mapping, file: &Path) -> CaseReport {
 }
 
 fn run_case(mapping: &Mapping, case: &GoldenCase, category_name: &mut String) -> Result<Vec<String>, String> {
+    let trace = trace_case(mapping, case)?;
+    *category_name = trace.category.clone();
+    Ok(compare(case, &trace))
+}
+
+/// What the mapping did with a case's request and scripted answers: the requests it sent (one per
+/// exchange answered), a further request the case has no answer for, and the outcome.
+struct Trace {
+    category: String,
+    sent: Vec<SentRequest>,
+    /// The mapping asked for one more request than the case answers; there is no outcome then.
+    unanswered: Option<SentRequest>,
+    outcome: Option<Result<Outcome, GatewayError>>,
+}
+
+/// An upstream request as a case compares it: the query as a map, a form body as its fields.
+struct SentRequest {
+    method: String,
+    path: String,
+    query: BTreeMap<String, String>,
+    headers: Vec<(String, String)>,
+    body: Option<Value>,
+}
+
+impl SentRequest {
+    fn of(request: &UpstreamRequest) -> SentRequest {
+        let body = request.body.as_ref().map(|b| b.to_bytes()).map(|b| match request.content_type {
+            Some("application/x-www-form-urlencoded") => {
+                json!(form_urlencoded::parse(&b).into_owned().collect::<BTreeMap<String, String>>())
+            }
+            _ => serde_json::from_slice(&b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into_owned())),
+        });
+        SentRequest {
+            method: request.method.to_string(),
+            path: request.path.clone(),
+            query: request.query.iter().cloned().collect(),
+            headers: request.headers.clone(),
+            body,
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Runs the case's request through the mapping, answering its requests with the case's exchanges.
+fn trace_case(mapping: &Mapping, case: &GoldenCase) -> Result<Trace, String> {
     let ctx = Context {
         fhir_base: case.fhir_base.clone(),
         params: case.connection.clone(),
@@ -250,7 +304,6 @@ fn run_case(mapping: &Mapping, case: &GoldenCase, category_name: &mut String) ->
         }
         _ => mapping.category(&mapping.default_category).ok_or("no default category")?,
     };
-    *category_name = category.name.clone();
     let id = || case.request.id.clone().ok_or("this interaction needs `request.id`".to_string());
     let params: Vec<(String, String)> = case
         .request
@@ -281,40 +334,57 @@ fn run_case(mapping: &Mapping, case: &GoldenCase, category_name: &mut String) ->
             return Err(format!("unknown interaction `{other}`; use create, read, update, delete, search or content"));
         }
     };
-    let mut failures = Vec::new();
-    let mut exchanges = case.exchanges.iter().enumerate();
-    let outcome: Result<Outcome, GatewayError> = match started {
+    let mut trace = Trace { category: category.name.clone(), sent: Vec::new(), unanswered: None, outcome: None };
+    let mut exchanges = case.exchanges.iter();
+    trace.outcome = Some(match started {
         Err(e) => Err(e),
         Ok(mut run) => loop {
             let request = match run.next_request() {
-                Ok(r) => r,
+                Ok(r) => SentRequest::of(&r),
                 Err(e) => break Err(e),
             };
-            let Some((i, exchange)) = exchanges.next() else {
-                failures.push(format!(
-                    "unexpected upstream request #{}: {} {}",
-                    case.exchanges.len() + 1,
-                    request.method,
-                    request.path
-                ));
-                return Ok(failures);
+            let Some(exchange) = exchanges.next() else {
+                trace.unanswered = Some(request);
+                return Ok(trace);
             };
-            compare_request(&format!("exchanges[{i}]"), &exchange.expect, &request, &mut failures);
+            trace.sent.push(request);
             match run.on_response(&response(&exchange.respond)?) {
                 Ok(Some(outcome)) => break Ok(outcome),
                 Ok(None) => {}
                 Err(e) => break Err(e),
             }
         },
-    };
-    if let Some((i, e)) = exchanges.next() {
+    });
+    Ok(trace)
+}
+
+/// The differences between what the case expects and what the mapping did.
+fn compare(case: &GoldenCase, trace: &Trace) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (i, (exchange, sent)) in case.exchanges.iter().zip(&trace.sent).enumerate() {
+        compare_request(&format!("exchanges[{i}]"), &exchange.expect, sent, &mut failures);
+    }
+    if let Some(request) = &trace.unanswered {
         failures.push(format!(
-            "exchanges[{i}]: expected {} {} but the mapping sent no more requests",
-            e.expect.method, e.expect.path
+            "unexpected upstream request #{}: {} {}",
+            case.exchanges.len() + 1,
+            request.method,
+            request.path
+        ));
+        return failures;
+    }
+    if let Some(e) = case.exchanges.get(trace.sent.len()) {
+        failures.push(format!(
+            "exchanges[{}]: expected {} {} but the mapping sent no more requests",
+            trace.sent.len(),
+            e.expect.method,
+            e.expect.path
         ));
     }
-    compare_result(&case.result, outcome, &mut failures);
-    Ok(failures)
+    if let Some(outcome) = &trace.outcome {
+        compare_result(&case.result, outcome, &mut failures);
+    }
+    failures
 }
 
 fn response(respond: &Respond) -> Result<UpstreamResponse, String> {
@@ -331,28 +401,21 @@ fn response(respond: &Respond) -> Result<UpstreamResponse, String> {
     Ok(UpstreamResponse { status: respond.status, headers, body })
 }
 
-fn compare_request(at: &str, expected: &ExpectedRequest, actual: &UpstreamRequest, failures: &mut Vec<String>) {
-    if !expected.method.eq_ignore_ascii_case(actual.method.as_str()) {
+fn compare_request(at: &str, expected: &ExpectedRequest, actual: &SentRequest, failures: &mut Vec<String>) {
+    if !expected.method.eq_ignore_ascii_case(&actual.method) {
         failures.push(format!("{at}.method: expected {}, got {}", expected.method, actual.method));
     }
     if expected.path != actual.path {
         failures.push(format!("{at}.path: expected {:?}, got {:?}", expected.path, actual.path));
     }
-    let query: BTreeMap<String, String> = actual.query.iter().cloned().collect();
-    diff(&format!("{at}.query"), &json!(expected.query), &json!(query), failures);
+    diff(&format!("{at}.query"), &json!(expected.query), &json!(actual.query), failures);
     for (name, value) in &expected.headers {
-        let got = actual.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+        let got = actual.header(name);
         if got != Some(value.as_str()) {
             failures.push(format!("{at}.headers.{name}: expected {value:?}, got {got:?}"));
         }
     }
-    let body: Option<Value> = actual.body.as_ref().map(|b| b.to_bytes()).map(|b| match actual.content_type {
-        Some("application/x-www-form-urlencoded") => {
-            json!(form_urlencoded::parse(&b).into_owned().collect::<BTreeMap<String, String>>())
-        }
-        _ => serde_json::from_slice(&b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into_owned())),
-    });
-    match (&expected.body, &body) {
+    match (&expected.body, &actual.body) {
         (None, None) => {}
         (Some(e), Some(a)) => diff(&format!("{at}.body"), e, a, failures),
         (Some(_), None) => failures.push(format!("{at}.body: expected a body, the mapping sent none")),
@@ -360,7 +423,7 @@ fn compare_request(at: &str, expected: &ExpectedRequest, actual: &UpstreamReques
     }
 }
 
-fn compare_result(expected: &ResultSpec, actual: Result<Outcome, GatewayError>, failures: &mut Vec<String>) {
+fn compare_result(expected: &ResultSpec, actual: &Result<Outcome, GatewayError>, failures: &mut Vec<String>) {
     match (expected, actual) {
         (ResultSpec { error: Some(e), .. }, Err(got)) => {
             if got.status.as_u16() != e.status {
@@ -386,13 +449,13 @@ fn compare_result(expected: &ResultSpec, actual: Result<Outcome, GatewayError>, 
         (ResultSpec { error: Some(e), .. }, Ok(_)) => {
             failures.push(format!("result: expected error {} {}, got success", e.status, e.code))
         }
-        (ResultSpec { resource: Some(e), .. }, Ok(Outcome::Resource(r))) => diff("result.resource", e, &r, failures),
+        (ResultSpec { resource: Some(e), .. }, Ok(Outcome::Resource(r))) => diff("result.resource", e, r, failures),
         (ResultSpec { page: Some(p), .. }, Ok(Outcome::Page { entries, total, next })) => {
             diff("result.page.entries", &json!(p.entries), &json!(entries), failures);
-            if p.total != total {
+            if p.total != *total {
                 failures.push(format!("result.page.total: expected {:?}, got {total:?}", p.total));
             }
-            let next = next.map(|n| n.to_string());
+            let next = next.as_ref().map(|n| n.to_string());
             if p.next != next {
                 failures.push(format!("result.page.next: expected {:?}, got {next:?}", p.next));
             }
@@ -400,7 +463,7 @@ fn compare_result(expected: &ResultSpec, actual: Result<Outcome, GatewayError>, 
         (ResultSpec { bytes: true, .. }, Ok(Outcome::Bytes)) => {}
         (ResultSpec { done: true, .. }, Ok(Outcome::Done)) => {}
         (_, Ok(other)) => {
-            failures.push(format!("result: the case expects another kind of result than {}", kind(&other)))
+            failures.push(format!("result: the case expects another kind of result than {}", kind(other)))
         }
     }
 }

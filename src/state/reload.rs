@@ -56,8 +56,14 @@ pub struct ReloadOutcome {
     pub at: SystemTime,
     pub trigger: String,
     pub accepted: bool,
+    /// Accepted with another version than the one serving before.
+    pub changed: bool,
+    /// Accepted after the previous attempt was rejected.
+    pub recovered: bool,
     pub version: Option<String>,
     pub diagnostics: Vec<String>,
+    /// Warnings of an accepted set (files skipped as not mappings among them).
+    pub warnings: Vec<String>,
 }
 
 pub struct Reloader {
@@ -75,55 +81,45 @@ impl Reloader {
         Reloader { running: Mutex::new(()), registry, config, dir, last: Mutex::new(None) }
     }
 
-    /// Loads the folder and publishes it if valid; returns the outcome either way.
+    /// Loads the folder and publishes it if valid; returns the outcome either way, and logs it: every
+    /// outcome says what is serving afterwards, so an operator reading the log after an edit, a SIGHUP
+    /// or an admin request knows which version answers.
     pub fn reload(&self, trigger: &str) -> ReloadOutcome {
         let _one_at_a_time = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.registry.snapshot();
         let current = previous.version.clone();
-        let outcome = match MappingSet::load_dir(&self.dir) {
+        let after_rejection = self.last().is_some_and(|o| !o.accepted);
+        let mut outcome = ReloadOutcome {
+            at: SystemTime::now(),
+            trigger: trigger.into(),
+            accepted: false,
+            changed: false,
+            recovered: false,
+            version: None,
+            diagnostics: vec![],
+            warnings: vec![],
+        };
+        match MappingSet::load_dir(&self.dir) {
             Ok(set) => {
                 let problems = fit_problems(&self.config, &set);
                 if problems.is_empty() {
-                    let version = set.version.clone();
-                    if version != current {
+                    outcome.accepted = true;
+                    outcome.recovered = after_rejection;
+                    outcome.changed = set.version != current;
+                    outcome.version = Some(set.version.clone());
+                    outcome.warnings = set.warnings.iter().map(ToString::to_string).collect();
+                    // The same version serves the same mappings; the set is still swapped when its
+                    // warnings differ (a stray file came or went), so /admin/mappings shows the folder as it is.
+                    if outcome.changed || set.warnings != previous.warnings {
                         self.registry.publish(set);
                     }
-                    ReloadOutcome {
-                        at: SystemTime::now(),
-                        trigger: trigger.into(),
-                        accepted: true,
-                        version: Some(version),
-                        diagnostics: vec![],
-                    }
                 } else {
-                    ReloadOutcome {
-                        at: SystemTime::now(),
-                        trigger: trigger.into(),
-                        accepted: false,
-                        version: None,
-                        diagnostics: problems,
-                    }
+                    outcome.diagnostics = problems;
                 }
             }
-            Err(diagnostics) => ReloadOutcome {
-                at: SystemTime::now(),
-                trigger: trigger.into(),
-                accepted: false,
-                version: None,
-                diagnostics: diagnostics.iter().map(ToString::to_string).collect(),
-            },
-        };
-        if outcome.accepted && outcome.version.as_deref() == Some(current.as_str()) {
-            tracing::debug!(trigger, version = %current, "mapping files unchanged");
-        } else if outcome.accepted {
-            tracing::info!(trigger, version = outcome.version.as_deref().unwrap_or(""), previous = %current, "mapping set reloaded");
-        } else {
-            // Diagnostics name files, lines and keys of the mapping files: no request data.
-            tracing::warn!(trigger, problems = outcome.diagnostics.len(), kept = %current, "mapping reload rejected; the previous set keeps serving");
-            for d in &outcome.diagnostics {
-                tracing::warn!(diagnostic = %d, "mapping problem");
-            }
+            Err(diagnostics) => outcome.diagnostics = diagnostics.iter().map(ToString::to_string).collect(),
         }
+        log(&outcome, &current);
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome.clone());
         outcome
     }
@@ -140,8 +136,11 @@ impl Reloader {
                 "at": rfc3339(o.at),
                 "trigger": o.trigger,
                 "outcome": if o.accepted { "accepted" } else { "rejected" },
+                "changed": o.changed,
+                "recovered": o.recovered,
                 "version": o.version,
                 "diagnostics": o.diagnostics,
+                "warnings": o.warnings,
             })
         });
         json!({
@@ -158,6 +157,55 @@ impl Reloader {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// Logs a reload's outcome at info (accepted, unchanged, recovered) or warn (rejected), with its
+/// trigger and the version serving afterwards. Diagnostics and warnings name files, lines and keys of the
+/// mapping files: no request data.
+fn log(o: &ReloadOutcome, serving: &str) {
+    let trigger = o.trigger.as_str();
+    let version = o.version.as_deref().unwrap_or(serving);
+    let recovered = o.recovered;
+    match (o.accepted, o.changed, o.recovered) {
+        (true, true, false) => {
+            tracing::info!(
+                trigger,
+                version,
+                previous = serving,
+                "mapping set reloaded; version {version} now serves (was {serving})"
+            )
+        }
+        (true, true, true) => tracing::info!(
+            trigger,
+            version,
+            previous = serving,
+            recovered,
+            "mapping reload recovered after a rejected reload; version {version} now serves (was {serving})"
+        ),
+        (true, false, false) => {
+            tracing::info!(trigger, version, "mapping files unchanged; version {version} keeps serving")
+        }
+        (true, false, true) => tracing::info!(
+            trigger,
+            version,
+            recovered,
+            "mapping reload recovered after a rejected reload: the files are back to version {version}, which keeps serving"
+        ),
+        (false, ..) => {
+            tracing::warn!(
+                trigger,
+                problems = o.diagnostics.len(),
+                kept = serving,
+                "mapping reload rejected; version {serving} keeps serving"
+            );
+            for d in &o.diagnostics {
+                tracing::warn!(trigger, diagnostic = %d, "mapping problem");
+            }
+        }
+    }
+    for w in &o.warnings {
+        tracing::warn!(trigger, diagnostic = %w, "mapping warning");
     }
 }
 

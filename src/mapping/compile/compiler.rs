@@ -8,8 +8,8 @@ use http::{Method, StatusCode};
 use regex::Regex;
 use serde_json::Value;
 
+use super::locate::locate;
 use crate::error::IssueCode;
-use crate::mapping::diagnostics::locate;
 use crate::mapping::template::{Expression, Template, TextTemplate, suggest};
 use crate::mapping::{
     Check, Diagnostic, Encoding, Interaction, Severity, Step, StepResult, Unchangeable, Unresolved, spec,
@@ -97,8 +97,42 @@ impl Compiler<'_> {
         for (at, message) in problems {
             self.error(&at, message);
         }
-        self.inspect(key, t.expressions(), Some(vars));
+        self.inspect_fields(key, value, vars);
         t
+    }
+
+    /// Inspects a template field by field, so an unknown variable or code table is reported at the
+    /// field that uses it rather than at the template's table.
+    fn inspect_fields(&mut self, key: &str, value: &Value, vars: &Known) {
+        match value {
+            // `$each` is an expression whatever it starts with (a variable name too).
+            Value::Object(map) if map.contains_key("$each") => {
+                if let Some(Value::String(source)) = map.get("$each")
+                    && let Ok(e) = Expression::compile(source)
+                {
+                    self.inspect(&format!("{key}.$each"), [&e], Some(vars));
+                }
+                if let Some(item) = map.get("$item") {
+                    self.inspect_fields(&format!("{key}.$item"), item, vars);
+                }
+            }
+            Value::Object(map) => {
+                for (k, v) in map {
+                    self.inspect_fields(&format!("{key}.{k}"), v, vars);
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    self.inspect_fields(&format!("{key}[{i}]"), v, vars);
+                }
+            }
+            Value::String(_) => {
+                // Syntax problems were reported by the whole template's compile; only inspect here.
+                let field = Template::compile(value, key, &mut Vec::new());
+                self.inspect(key, field.expressions(), Some(vars));
+            }
+            _ => {}
+        }
     }
 
     /// Compiles steps; `vars` are the variables defined before the first step. Each step's `bind` adds to them.
@@ -126,7 +160,11 @@ impl Compiler<'_> {
         if let Some(needed) = result_needed
             && specs.last().is_some_and(|_| steps.last().and_then(|s| s.result) != Some(needed))
         {
-            self.error(key, format!("the last step must have `result = \"{}\"`", format!("{needed:?}").to_lowercase()));
+            // Said of the last step, where the `result` belongs.
+            self.error(
+                &format!("{key}[{}]", specs.len() - 1),
+                format!("the last step must have `result = \"{}\"`", format!("{needed:?}").to_lowercase()),
+            );
         }
         steps
     }

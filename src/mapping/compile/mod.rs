@@ -2,9 +2,11 @@
 //! found reported at once.
 
 mod compiler;
+mod files;
+mod locate;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -21,61 +23,40 @@ use super::{
 use compiler::{Compiler, Known, known};
 
 impl MappingSet {
-    /// Loads and compiles every `*.toml` directly in `dir`; returns every problem found.
+    /// Loads and compiles the mapping files directly in `dir` (see `files.rs` for which files are
+    /// mappings; the others are reported as warnings); returns every problem found.
     pub fn load_dir(dir: &Path) -> Result<MappingSet, Vec<Diagnostic>> {
-        let mut diagnostics = Vec::new();
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) => {
-                return Err(vec![Diagnostic {
-                    severity: Severity::Error,
-                    file: dir.to_path_buf(),
-                    position: None,
-                    key: String::new(),
-                    message: format!("cannot read mapping folder: {e}"),
-                }]);
-            }
+        let (files, mut warnings) = match files::mapping_files(dir) {
+            Ok(found) => found,
+            Err(unreadable) => return Err(vec![unreadable]),
         };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .collect();
-        files.sort();
+        // Unreadable files are errors; skipped ones stay warnings.
+        let mut diagnostics: Vec<Diagnostic> =
+            warnings.iter().filter(|d| d.severity == Severity::Error).cloned().collect();
+        warnings.retain(|d| d.severity == Severity::Warning);
         if files.is_empty() {
             diagnostics.push(Diagnostic {
                 severity: Severity::Error,
                 file: dir.to_path_buf(),
                 position: None,
                 key: String::new(),
-                message: "no mapping files (*.toml) found".into(),
+                message: "no mapping files (`<ehr>.toml` or `<ehr>.<variant>.toml`) found".into(),
             });
         }
         use sha2::{Digest, Sha256};
+        // The version covers the files loaded, not the ones skipped: a stray backup changes nothing served.
         let mut hasher = Sha256::new();
         let mut mappings = BTreeMap::new();
-        let mut warnings = Vec::new();
         for file in files {
-            let name = file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-            match std::fs::read_to_string(&file) {
-                Ok(text) => {
-                    hasher.update(name.as_bytes());
-                    hasher.update([0]);
-                    hasher.update(text.as_bytes());
-                    match compile_file(&name, &file, &text) {
-                        Ok((m, mut w)) => {
-                            warnings.append(&mut w);
-                            mappings.insert(name, Arc::new(m));
-                        }
-                        Err(mut d) => diagnostics.append(&mut d),
-                    }
+            hasher.update(file.name.as_bytes());
+            hasher.update([0]);
+            hasher.update(file.text.as_bytes());
+            match compile_file(&file.name, &file.path, &file.text) {
+                Ok((m, mut w)) => {
+                    warnings.append(&mut w);
+                    mappings.insert(file.name, Arc::new(m));
                 }
-                Err(e) => diagnostics.push(Diagnostic {
-                    severity: Severity::Error,
-                    file: file.clone(),
-                    position: None,
-                    key: String::new(),
-                    message: format!("cannot read: {e}"),
-                }),
+                Err(mut d) => diagnostics.append(&mut d),
             }
         }
         if !diagnostics.is_empty() {
@@ -492,6 +473,21 @@ mod tests {
         assert!(warnings.iter().all(|w| w.severity == Severity::Warning));
         assert!(all.contains("code table `unused` is never used"), "{all}");
         assert!(all.contains("this step can never run"), "{all}");
+    }
+
+    #[test]
+    fn template_fields_are_inspected_one_by_one_each_sources_included() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/canvas.toml")).unwrap();
+        let header = "[categories.visual-exam-finding.resource.template]\n";
+        let field = "pages = { \"$each\" = \"pagez | first\", \"$item\" = { title = \"{titel}\" } }\n";
+        let broken = text.replacen(header, &format!("{header}{field}"), 1);
+        let d = compile_file("canvas", Path::new("canvas.toml"), &broken).unwrap_err();
+        let at = "categories.visual-exam-finding.resource.template.pages";
+        let keys: Vec<&str> = d.iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(keys, [format!("{at}.$each"), format!("{at}.$item.title")], "{d:?}");
+        assert!(d[0].message.contains("unknown variable `pagez`") && d[1].message.contains("unknown variable `titel`"));
+        let line = broken.lines().position(|l| l.starts_with("pages =")).unwrap() + 1;
+        assert!(d.iter().all(|d| d.position.map(|p| p.0) == Some(line)), "{d:?}");
     }
 
     #[test]
