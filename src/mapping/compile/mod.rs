@@ -453,6 +453,18 @@ mod tests {
     }
 
     #[test]
+    fn redact_id_parts_must_be_id_template_variables() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/canvas.toml")).unwrap();
+        let broken = text.replacen("id_parts = [\"media_id\"]", "id_parts = [\"media_id\", \"patient\"]", 1);
+        assert_ne!(broken, text);
+        let d = compile_file("canvas", Path::new("canvas.toml"), &broken).unwrap_err();
+        let all = d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n");
+        assert!(all.contains("`patient` is not a variable of any category's `id` template"), "{all}");
+        let (line, _) = d[0].position.expect("position");
+        assert!(broken.lines().nth(line - 1).unwrap().contains("id_parts"), "{all}");
+    }
+
+    #[test]
     fn unknown_variables_and_code_tables_are_errors_unused_tables_and_dead_steps_warnings() {
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/canvas.toml")).unwrap();
         let broken = text
