@@ -1,11 +1,81 @@
 //! The simulator honours exactly what athena.md lists per endpoint: unlisted parameters and fields are ignored (and
 //! recorded, so a gateway relying on one fails a test), per-class create and update fields, the internal note that
-//! only clinical documents can replace, and faults that strike after the request took effect.
+//! only clinical documents can replace, faults that strike after the request took effect, and demo images a viewer
+//! opens.
 
 use super::*;
 
 fn doc_url(sim: &AthenaSimHandle, class: &str, id: u64) -> String {
     format!("{}/{id}", docs_url(sim, class))
+}
+
+/// The width and height a baseline or progressive JPEG declares in its start-of-frame segment.
+fn jpeg_size(bytes: &[u8]) -> Option<(u16, u16)> {
+    if !bytes.starts_with(&[0xff, 0xd8]) || !bytes.ends_with(&[0xff, 0xd9]) {
+        return None;
+    }
+    let mut at = 2;
+    while at + 4 <= bytes.len() {
+        if bytes[at] != 0xff {
+            return None;
+        }
+        let marker = bytes[at + 1];
+        let length = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
+        if matches!(marker, 0xc0 | 0xc2) {
+            let segment = bytes.get(at + 4..at + 2 + length)?;
+            return Some((u16::from_be_bytes([segment[3], segment[4]]), u16::from_be_bytes([segment[1], segment[2]])));
+        }
+        at += 2 + length;
+    }
+    None
+}
+
+/// The width and height of a PNG whose chunks are all present with their lengths (signature, IHDR … IEND).
+fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    let rest = bytes.strip_prefix(b"\x89PNG\r\n\x1a\n")?;
+    let mut at = 0;
+    let mut size = None;
+    let mut ended = false;
+    while at + 8 <= rest.len() {
+        let length = u32::from_be_bytes(rest[at..at + 4].try_into().ok()?) as usize;
+        let kind = &rest[at + 4..at + 8];
+        let data = rest.get(at + 8..at + 8 + length)?;
+        if kind == b"IHDR" {
+            size = Some((
+                u32::from_be_bytes(data[0..4].try_into().ok()?),
+                u32::from_be_bytes(data[4..8].try_into().ok()?),
+            ));
+        }
+        ended |= kind == b"IEND";
+        at += 12 + length;
+    }
+    size.filter(|_| ended && at == rest.len())
+}
+
+#[tokio::test]
+async fn seeded_images_are_real_images_a_viewer_opens() {
+    let (sim, http) = start().await;
+    let token = token(&sim, &http).await;
+    let base = sim.base_url();
+    for path in ["insurances/5678/image", "photo", "driverslicense"] {
+        let r = http.get(format!("{base}/patients/1234/{path}?jpegoutput=true")).bearer_auth(&token).send().await;
+        let r = r.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        let content_type = r.headers()[CONTENT_TYPE].to_str().unwrap().to_owned();
+        let bytes = r.bytes().await.unwrap();
+        let (width, height) = match content_type.as_str() {
+            "image/jpeg" => jpeg_size(&bytes).map(|(w, h)| (u32::from(w), u32::from(h))),
+            "image/png" => png_size(&bytes),
+            other => panic!("{path}: {other}"),
+        }
+        .unwrap_or_else(|| panic!("{path}: not a complete {content_type}"));
+        assert!(width >= 16 && height >= 16, "{path}: {width}x{height} is too small to show anything");
+        assert!(bytes.len() < 1024, "{path}: demo images stay small ({} bytes)", bytes.len());
+    }
+    let (_, body) = get(&http, &doc_url(&sim, "admin", DEMO_ADMIN_DOCUMENT_IDS[0]), &token).await;
+    let href = body[0]["pages"][0]["href"].as_str().unwrap();
+    let page = http.get(href).bearer_auth(&token).send().await.unwrap().bytes().await.unwrap();
+    assert!(png_size(&page).is_some_and(|(w, h)| w >= 16 && h >= 16), "a seeded page is a real page image");
 }
 
 #[tokio::test]
