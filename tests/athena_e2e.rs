@@ -1,5 +1,6 @@
 //! athenahealth end to end: the real gateway over loopback HTTP in front of the athena simulator, through
-//! the front door, for every category: create, read with exact bytes, paged search, update and delete.
+//! the front door, for every category: create, read with exact bytes, paged search, update and delete; what athena
+//! cannot do refused before it is asked.
 
 mod common;
 
@@ -13,11 +14,15 @@ use serde_json::{Value, json};
 const FHIR: &str = "application/fhir+json";
 const XC: &str = "http://xcaliber-fhir/structureDefinition/";
 
+/// Different real images of the same shape: tests/fixtures/pixel.jpg with a comment segment carrying `tag`
+/// (athena stores what it is given).
 fn jpeg(tag: &str) -> Vec<u8> {
-    let mut bytes = include_bytes!("fixtures/pixel.jpg").to_vec();
-    // Different images of the same shape: athena stores what it is given (the tag sits before EOI).
-    let eoi = bytes.len() - 2;
-    bytes.splice(eoi..eoi, tag.bytes());
+    let pixel = include_bytes!("fixtures/pixel.jpg");
+    let mut bytes = pixel[..2].to_vec();
+    bytes.extend_from_slice(&[0xff, 0xfe]);
+    bytes.extend_from_slice(&u16::try_from(tag.len() + 2).unwrap().to_be_bytes());
+    bytes.extend_from_slice(tag.as_bytes());
+    bytes.extend_from_slice(&pixel[2..]);
     bytes
 }
 
@@ -60,6 +65,13 @@ fn document_media(bytes: &[u8], subclass: Option<&str>) -> Value {
 
 fn extension<'a>(media: &'a Value, name: &str) -> Option<&'a Value> {
     media["extension"].as_array()?.iter().find(|e| e["url"] == format!("{XC}{name}"))
+}
+
+/// athena ignores the parameters and fields it does not list for an endpoint: the gateway must send none of them
+/// (whatever it meant by one would silently not happen).
+fn assert_only_listed_parameters(sim: &AthenaSimHandle) {
+    let ignored = sim.stats().ignored_parameters;
+    assert!(ignored.is_empty(), "sent to athena, which does not read them: {ignored:#?}");
 }
 
 async fn gateway() -> (ehr_gateway::server::Running, AthenaSimHandle, String, reqwest::Client) {
@@ -153,6 +165,7 @@ async fn insurance_cards_create_read_bytes_page_update_and_delete() {
     let stats = sim.stats();
     assert_eq!(stats.token_requests, 1);
     assert_eq!(stats.tokens_refused_rate_limited, 0);
+    assert_only_listed_parameters(&sim);
 }
 
 #[tokio::test]
@@ -193,6 +206,7 @@ async fn single_slot_images_create_read_bytes_search_update_and_delete() {
         assert!(bundle.get("entry").is_none(), "{bundle}");
     }
     assert_eq!(sim.stats().tokens_refused_rate_limited, 0);
+    assert_only_listed_parameters(&sim);
 }
 
 #[tokio::test]
@@ -207,14 +221,15 @@ async fn documents_of_every_class_create_read_page_update_and_soft_delete() {
         let mut created_ids = Vec::new();
         for n in 0..2 {
             let body = pdf(&format!("{category}-{n}"));
-            let (status, _, created) = send_json(
-                &client,
-                Method::POST,
-                &format!("{base}/Media?category={category}"),
-                FHIR,
-                &document_media(&body, subclass),
-            )
-            .await;
+            let mut media = document_media(&body, subclass);
+            if category == "imagingresult" {
+                media["extension"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"url": format!("{XC}external-accession-id"), "valueString": "ACC-77"}));
+            }
+            let (status, _, created) =
+                send_json(&client, Method::POST, &format!("{base}/Media?category={category}"), FHIR, &media).await;
             assert_eq!(status, 201, "{category}: {created}");
             let id = created["id"].as_str().unwrap().to_string();
             assert!(id.starts_with(&format!("{kind}.195900.1234.")), "{id}");
@@ -231,6 +246,9 @@ async fn documents_of_every_class_create_read_page_update_and_soft_delete() {
             assert!(extension(&read, "last-modified-date-time").is_some());
             // athena gives the file's size only in lists (`showmetadata`): a read has none to show.
             assert!(extension(&read, "file-size").is_none(), "{read}");
+            if category == "imagingresult" {
+                assert_eq!(extension(&read, "external-accession-id").unwrap()["valueString"], "ACC-77");
+            }
             assert_eq!(read["contained"][0]["resourceType"], "Media");
             let original = extension(&read, "original-document").unwrap()["valueUrl"].as_str().unwrap();
             let (status, content_type, bytes) = get_bytes(&client, original).await;
@@ -300,6 +318,7 @@ async fn documents_of_every_class_create_read_page_update_and_soft_delete() {
     assert_eq!(stats.creates, 8, "every document create reached athena exactly once");
     assert_eq!(stats.token_requests, 1);
     assert_eq!(stats.tokens_refused_rate_limited, 0);
+    assert_only_listed_parameters(&sim);
 }
 
 async fn read_created(client: &reqwest::Client, base: &str, id: &str) -> String {
@@ -362,6 +381,35 @@ async fn bad_input_gets_a_clear_operation_outcome_naming_the_field() {
             "Media.modality.coding.where(system='https://docs.athenahealth.com/api/documentsubclass').code",
         ),
         (
+            "a clinical provider on an admin document (athena's admin create has no such field)",
+            Method::POST,
+            format!("{base}/Media?category=admin"),
+            {
+                let mut m = document_media(&pdf("x"), Some("ADMIN_CONSENT"));
+                m["extension"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"url": format!("{XC}clinical-provider-id"), "valueString": "72"}));
+                m
+            },
+            422,
+            "business-rule",
+            "Media.extension",
+        ),
+        (
+            "a medical record filed as completed (athena's medical-record create has no autoclose)",
+            Method::POST,
+            format!("{base}/Media?category=medicalrecord"),
+            {
+                let mut m = document_media(&pdf("x"), Some("MEDICALRECORD_HISTORICAL"));
+                m["status"] = json!("completed");
+                m
+            },
+            422,
+            "business-rule",
+            "Media.status",
+        ),
+        (
             "a JPEG as a document",
             Method::POST,
             format!("{base}/Media?category=admin"),
@@ -421,6 +469,7 @@ async fn bad_input_gets_a_clear_operation_outcome_naming_the_field() {
     }
     assert_eq!(sim.stats().creates, 0, "no bad input filed a document");
     assert_eq!(sim.stats().tokens_refused_rate_limited, 0);
+    assert_only_listed_parameters(&sim);
 }
 
 #[tokio::test]
@@ -486,4 +535,28 @@ async fn throttling_403s_are_retried_for_reads_and_reported_as_429_when_they_per
     assert_eq!(outcome["issue"][0]["code"], "throttled");
     assert_eq!(sim.stats().requests, 3);
     sim.clear_faults();
+}
+
+#[tokio::test]
+async fn admin_and_medical_record_documents_without_a_subclass_are_refused_before_athena() {
+    let (_gw, sim, base, client) = gateway().await;
+    sim.reset_stats();
+    for category in ["admin", "medicalrecord"] {
+        let (status, _, outcome) = send_json(
+            &client,
+            Method::POST,
+            &format!("{base}/Media?category={category}"),
+            FHIR,
+            &document_media(&pdf("x"), None),
+        )
+        .await;
+        assert_eq!(status, 400, "{category}: {outcome}");
+        assert_eq!(outcome["issue"][0]["code"], "required", "{category}: {outcome}");
+        assert_eq!(
+            outcome["issue"][0]["expression"][0],
+            "Media.modality.coding.where(system='https://docs.athenahealth.com/api/documentsubclass').code",
+            "{category}"
+        );
+    }
+    assert_eq!(sim.stats().requests, 0, "athena was not asked");
 }

@@ -36,17 +36,21 @@ struct Case {
     description: &'static str,
     category: &'static str,
     start: Start,
-    /// Answer the last request with this instead of asking the simulator (shapes the simulator never
+    /// Answer the first request with this instead of asking the simulator (shapes the simulator never
     /// produces on its own: athena error bodies quoted in upstreams/athena.md).
     canned: Option<(u16, Value)>,
     /// A fault the simulator injects into the next API request.
     fault: Option<u16>,
 }
 
+/// A real JPEG (tests/fixtures/pixel.jpg) made distinct by a comment segment carrying `tag`, base64.
 fn image(tag: &str) -> String {
-    let mut bytes = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00".to_vec();
+    let pixel = include_bytes!("fixtures/pixel.jpg");
+    let mut bytes = pixel[..2].to_vec();
+    bytes.extend_from_slice(&[0xff, 0xfe]);
+    bytes.extend_from_slice(&u16::try_from(tag.len() + 2).unwrap().to_be_bytes());
     bytes.extend_from_slice(tag.as_bytes());
-    bytes.extend_from_slice(b"\xff\xd9");
+    bytes.extend_from_slice(&pixel[2..]);
     BASE64.encode(bytes)
 }
 
@@ -77,6 +81,21 @@ fn document_media(subclass: Option<&str>) -> Value {
         m["modality"] =
             json!({"coding": [{"system": "https://docs.athenahealth.com/api/documentsubclass", "code": s}]});
     }
+    m
+}
+
+fn imaging_media() -> Value {
+    let mut m = document_media(None);
+    let extensions = m["extension"].as_array_mut().unwrap();
+    extensions.push(json!({"url": format!("{XC}external-accession-id"), "valueString": "ACC-2024-77"}));
+    extensions.push(json!({"url": format!("{XC}internal-accession-id"), "valueString": "IAC-77"}));
+    m
+}
+
+/// A medical record: athena's medical-record create has no autoclose, so a new one goes to review.
+fn medical_record_media() -> Value {
+    let mut m = document_media(Some("MEDICALRECORD_HISTORICAL"));
+    m["status"] = json!("in-progress");
     m
 }
 
@@ -190,6 +209,12 @@ fn cases() -> Vec<Case> {
             Update("ad.195900.1234.44988", new_priority),
         ),
         case(
+            "ad-create-no-subclass",
+            "an admin document needs a subclass: 400 required before any call",
+            "admin",
+            Create(document_media(None)),
+        ),
+        case(
             "ad-search",
             "admin documents: primary department looked up, generic list by class, offset paging",
             "admin",
@@ -254,7 +279,7 @@ fn cases() -> Vec<Case> {
             Content("cd.195900.1234.45001", vec![("page", "900009")]),
         ),
         case("cd-delete", "clinical document soft delete", "clinicaldocument", Delete("cd.195900.1234.45002")),
-        case("ir-create", "imaging result with accession ids", "imagingresult", Create(document_media(None))),
+        case("ir-create", "imaging result with accession ids", "imagingresult", Create(imaging_media())),
         case("ir-read", "imaging result read", "imagingresult", Read("ir.195900.1234.45011")),
         case(
             "ir-update",
@@ -277,9 +302,9 @@ fn cases() -> Vec<Case> {
         case("ir-delete", "imaging result soft delete", "imagingresult", Delete("ir.195900.1234.45012")),
         case(
             "mr-create",
-            "medical record with a subclass",
+            "medical record with a subclass: only the fields athena's medical-record create takes",
             "medicalrecord",
-            Create(document_media(Some("MEDICALRECORD_HISTORICAL"))),
+            Create(medical_record_media()),
         ),
         case("mr-read", "medical record read", "medicalrecord", Read("mr.195900.1234.45021")),
         case(
@@ -302,12 +327,6 @@ fn cases() -> Vec<Case> {
         ),
         case("mr-delete", "medical record soft delete", "medicalrecord", Delete("mr.195900.1234.45021")),
         // Errors, one per rule of the error table.
-        case(
-            "err-missingfields",
-            "athena's missingfields become a 400 required naming where to set them",
-            "admin",
-            Create(document_media(None)),
-        ),
         case(
             "err-not-in-department",
             "a department the patient is not in",
@@ -340,8 +359,8 @@ fn cases() -> Vec<Case> {
     canned(
         "err-attachment-type",
         "athena's invalid attachment type (the gateway sends only PDF)",
-        "medicalrecord",
-        Start::Create(document_media(Some("MEDICALRECORD_HISTORICAL"))),
+        "admin",
+        Start::Create(document_media(Some("ADMIN_CONSENT"))),
         400,
         json!({"error": "Invalid attachment type id."}),
     );
@@ -352,6 +371,14 @@ fn cases() -> Vec<Case> {
         Start::Update("ad.195900.1234.44991", new_priority),
         400,
         json!({"error": "The data provided is invalid.", "detailedmessage": "Expecting format date, but value is '2024-05-06'."}),
+    );
+    canned(
+        "err-missingfields",
+        "athena's missingfields become a 400 required naming where to set them",
+        "admin",
+        Start::Create(document_media(Some("ADMIN_CONSENT"))),
+        400,
+        json!({"error": "Additional fields are required.", "detailedmessage": "The following fields are required: departmentid.", "missingfields": ["departmentid"]}),
     );
     canned(
         "err-other-400",
