@@ -1,13 +1,15 @@
 //! athenahealth end to end: the real gateway over loopback HTTP in front of the athena simulator, through
 //! the front door, for every category: create, read with exact bytes, paged search, update and delete; what athena
-//! cannot do refused before it is asked.
+//! cannot do refused before it is asked, and document updates that append exactly once, faults or not.
 
 mod common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use common::*;
-use ehr_gateway::sim::athena::{AthenaSimHandle, UNASSIGNED_PATIENT_ID};
+use ehr_gateway::sim::athena::{
+    AthenaSimHandle, DEMO_ADMIN_DOCUMENT_IDS, DEMO_CLINICAL_DOCUMENT_IDS, Fault, FaultAction, UNASSIGNED_PATIENT_ID,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -67,11 +69,20 @@ fn extension<'a>(media: &'a Value, name: &str) -> Option<&'a Value> {
     media["extension"].as_array()?.iter().find(|e| e["url"] == format!("{XC}{name}"))
 }
 
+fn extension_index(media: &Value, name: &str) -> usize {
+    media["extension"].as_array().unwrap().iter().position(|e| e["url"] == format!("{XC}{name}")).unwrap()
+}
+
 /// athena ignores the parameters and fields it does not list for an endpoint: the gateway must send none of them
 /// (whatever it meant by one would silently not happen).
 fn assert_only_listed_parameters(sim: &AthenaSimHandle) {
     let ignored = sim.stats().ignored_parameters;
     assert!(ignored.is_empty(), "sent to athena, which does not read them: {ignored:#?}");
+}
+
+async fn patch(client: &reqwest::Client, url: &str, operations: Value) -> (u16, Value) {
+    let (status, _, body) = send_json(client, Method::PATCH, url, "application/json-patch+json", &operations).await;
+    (status, body)
 }
 
 async fn gateway() -> (ehr_gateway::server::Running, AthenaSimHandle, String, reqwest::Client) {
@@ -559,4 +570,149 @@ async fn admin_and_medical_record_documents_without_a_subclass_are_refused_befor
         );
     }
     assert_eq!(sim.stats().requests, 0, "athena was not asked");
+}
+
+#[tokio::test]
+async fn internal_notes_are_appended_where_athena_appends_and_replaced_where_it_replaces() {
+    let (_gw, sim, base, client) = gateway().await;
+    let admin = DEMO_ADMIN_DOCUMENT_IDS[1];
+    let url = format!("{base}/Media/ad.195900.1234.{admin}");
+    let seeded = format!("Seeded document {admin}");
+    let (_, current) = get_json(&client, &url).await;
+    let at = format!("/extension/{}/valueString", extension_index(&current, "internal-note"));
+
+    // An admin document's note can only grow: a replace is refused, naming the note, and athena is not asked.
+    let (status, outcome) =
+        patch(&client, &url, json!([{"op": "replace", "path": at, "value": "patched REPLACED"}])).await;
+    assert_eq!(status, 422, "{outcome}");
+    assert_eq!(outcome["issue"][0]["code"], "business-rule");
+    assert_eq!(outcome["issue"][0]["expression"][0], format!("Media.extension('{XC}internal-note')"));
+    assert!(outcome["issue"][0]["diagnostics"].as_str().unwrap().contains("append"), "{outcome}");
+    assert_eq!(sim.internal_note(admin), Some(seeded.clone()));
+
+    // The current note followed by more text is an append.
+    let (status, patched) =
+        patch(&client, &url, json!([{"op": "replace", "path": at, "value": format!("{seeded}\nchecked by phone")}]))
+            .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(sim.internal_note(admin), Some(format!("{seeded} checked by phone")));
+    assert_eq!(extension(&patched, "internal-note").unwrap()["valueString"], format!("{seeded} checked by phone"));
+
+    // Clinical documents replace theirs (athena's replaceinternalnote).
+    let clinical = DEMO_CLINICAL_DOCUMENT_IDS[0];
+    let url = format!("{base}/Media/cd.195900.1234.{clinical}");
+    let (_, current) = get_json(&client, &url).await;
+    let at = format!("/extension/{}/valueString", extension_index(&current, "internal-note"));
+    let (status, patched) = patch(&client, &url, json!([{"op": "replace", "path": at, "value": "rewritten"}])).await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(extension(&patched, "internal-note").unwrap()["valueString"], "rewritten");
+    assert_eq!(sim.internal_note(clinical).as_deref(), Some("rewritten"));
+    assert_only_listed_parameters(&sim);
+}
+
+#[tokio::test]
+async fn changing_what_athena_cannot_update_is_a_422_naming_the_element() {
+    let (_gw, sim, base, client) = gateway().await;
+    let url = format!("{base}/Media/ad.195900.1234.{}", DEMO_ADMIN_DOCUMENT_IDS[3]);
+    let (_, current) = get_json(&client, &url).await;
+    let cases = [
+        (
+            json!([{"op": "replace", "path": format!("/extension/{}/valueString", extension_index(&current, "document-source")), "value": "FAX"}]),
+            format!("Media.extension('{XC}document-source')"),
+        ),
+        (json!([{"op": "add", "path": "/note", "value": [{"text": "seen"}]}]), "Media.note".to_string()),
+        (
+            json!([{"op": "add", "path": "/extension/-", "value": {"url": format!("{XC}clinical-provider-id"), "valueString": "72"}}]),
+            format!("Media.extension('{XC}clinical-provider-id')"),
+        ),
+    ];
+    for (operations, expression) in cases {
+        let (status, outcome) = patch(&client, &url, operations).await;
+        assert_eq!(status, 422, "{expression}: {outcome}");
+        assert_eq!(outcome["issue"][0]["code"], "business-rule", "{outcome}");
+        assert_eq!(outcome["issue"][0]["expression"][0], expression.as_str(), "{outcome}");
+    }
+    assert_eq!(get_json(&client, &url).await.1, current, "nothing changed");
+    assert_only_listed_parameters(&sim);
+}
+
+#[tokio::test]
+async fn the_same_document_update_sent_twice_appends_the_note_once() {
+    let (_gw, sim, base, client) = gateway().await;
+    let id = DEMO_ADMIN_DOCUMENT_IDS[4];
+    let url = format!("{base}/Media/ad.195900.1234.{id}");
+    let (_, mut media) = get_json(&client, &url).await;
+    let at = extension_index(&media, "internal-note");
+    media["extension"][at]["valueString"] = json!(format!("Seeded document {id}\nsent twice"));
+    for _ in 0..2 {
+        let (status, _, updated) = send_json(&client, Method::PUT, &url, FHIR, &media).await;
+        assert_eq!(status, 200, "{updated}");
+    }
+    assert_eq!(sim.internal_note(id), Some(format!("Seeded document {id} sent twice")));
+    assert_only_listed_parameters(&sim);
+}
+
+#[tokio::test]
+async fn under_faults_each_acknowledged_note_update_lands_exactly_once() {
+    // A short upstream timeout, so a late athena answer is a timeout the gateway sees.
+    let config = athena_config("").replace("simulator = true", "simulator = true\ntimeout_ms = 400");
+    let gw = start_with(&config).await;
+    let sim = gw.athena_sim("demo-athena").unwrap().clone();
+    let (base, client) = (athena_base(&gw), http());
+    let id = DEMO_ADMIN_DOCUMENT_IDS[5];
+    let url = format!("{base}/Media/ad.195900.1234.{id}");
+    let put = || Fault::new(FaultAction::Status(500)).with_method(reqwest::Method::PUT);
+    let late = FaultAction::Latency(std::time::Duration::from_millis(900));
+    let faults: Vec<Option<(Fault, bool)>> = vec![
+        // (fault, strikes after athena processed the request)
+        Some((put(), true)),
+        Some((Fault { action: FaultAction::Reset, ..put() }, true)),
+        Some((Fault { action: late, ..put() }, true)),
+        Some((Fault { action: late, ..put() }, false)),
+        Some((Fault { action: FaultAction::Status(503), ..put() }, false)),
+        Some((Fault { action: FaultAction::Reset, ..put() }, false)),
+        None,
+        Some((Fault::new(FaultAction::Status(500)).with_method(reqwest::Method::GET).repeat(2), true)),
+    ];
+    let mut tags = Vec::new();
+    let mut acknowledged_at_once = 0;
+    for round in 0..2 {
+        for (n, fault) in faults.iter().enumerate() {
+            let tag = format!("u{round}{n}");
+            match fault {
+                Some((fault, true)) => sim.inject_after_processing(fault.clone()),
+                Some((fault, false)) => sim.inject(fault.clone()),
+                None => {}
+            }
+            // What a client does with an unknown outcome, as the gateway's answer says: read, and send the
+            // update again only if it did not land.
+            for attempt in 0..3 {
+                let (_, mut media) = get_json(&client, &url).await;
+                let at = extension_index(&media, "internal-note");
+                let note = media["extension"][at]["valueString"].as_str().unwrap().to_string();
+                if note.split_whitespace().any(|word| word == tag) {
+                    break;
+                }
+                media["extension"][at]["valueString"] = json!(format!("{note}\n{tag}"));
+                let (status, _, answer) = send_json(&client, Method::PUT, &url, FHIR, &media).await;
+                sim.clear_faults();
+                if status == 200 {
+                    acknowledged_at_once += usize::from(attempt == 0);
+                    break;
+                }
+                assert!([502, 503, 504].contains(&status), "{tag}: {status} {answer}");
+                assert!(answer["issue"][0]["diagnostics"].as_str().unwrap().contains("may or may not have happened"));
+                // Let a request athena still holds land before reading again.
+                tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+            }
+            tags.push(tag);
+        }
+    }
+    let note = sim.internal_note(id).unwrap();
+    for tag in &tags {
+        let count = note.split_whitespace().filter(|word| word == tag).count();
+        assert_eq!(count, 1, "{tag} must be in the note exactly once: {note:?}");
+    }
+    assert_eq!(acknowledged_at_once, 4, "the rounds without a PUT fault are answered at once");
+    assert_only_listed_parameters(&sim);
 }

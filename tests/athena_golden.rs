@@ -99,6 +99,30 @@ fn medical_record_media() -> Value {
     m
 }
 
+fn set_note(m: &mut Value, note: impl Fn(&str) -> String) {
+    for e in m["extension"].as_array_mut().into_iter().flatten() {
+        if e["url"] == format!("{XC}internal-note") {
+            e["valueString"] = json!(note(e["valueString"].as_str().unwrap_or_default()));
+        }
+    }
+}
+
+fn append_note(m: &mut Value) {
+    set_note(m, |current| format!("{current}\nfaxed to the insurer"));
+}
+
+fn replace_note(m: &mut Value) {
+    set_note(m, |_| "rewritten by the front desk".to_string());
+}
+
+fn new_source(m: &mut Value) {
+    for e in m["extension"].as_array_mut().into_iter().flatten() {
+        if e["url"] == format!("{XC}document-source") {
+            e["valueString"] = json!("FAX");
+        }
+    }
+}
+
 fn new_image(m: &mut Value) {
     m["content"]["data"] = json!(image("replacement"));
 }
@@ -207,6 +231,30 @@ fn cases() -> Vec<Case> {
             "admin document metadata update sends only what changed",
             "admin",
             Update("ad.195900.1234.44988", new_priority),
+        ),
+        case(
+            "ad-update-note",
+            "an admin document's note grows: only the added text is sent, and that PUT is never resent",
+            "admin",
+            Update("ad.195900.1234.44988", append_note),
+        ),
+        case(
+            "ad-update-note-replace",
+            "an admin document's note cannot be replaced (athena appends): 422 before any call",
+            "admin",
+            Update("ad.195900.1234.44988", replace_note),
+        ),
+        case(
+            "ad-update-read-only",
+            "what athena keeps about a document (its source) cannot change: 422 naming it",
+            "admin",
+            Update("ad.195900.1234.44988", new_source),
+        ),
+        case(
+            "cd-update-note",
+            "a clinical document's note is replaced (replaceinternalnote)",
+            "clinicaldocument",
+            Update("cd.195900.1234.45001", replace_note),
         ),
         case(
             "ad-create-no-subclass",
