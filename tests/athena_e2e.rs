@@ -8,7 +8,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use common::*;
 use ehr_gateway::sim::athena::{
-    AthenaSimHandle, DEMO_ADMIN_DOCUMENT_IDS, DEMO_CLINICAL_DOCUMENT_IDS, Fault, FaultAction, UNASSIGNED_PATIENT_ID,
+    AthenaSimConfig, AthenaSimHandle, DEMO_ADMIN_DOCUMENT_IDS, DEMO_CLINICAL_DOCUMENT_IDS, Fault, FaultAction,
+    UNASSIGNED_PATIENT_ID,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -80,9 +81,42 @@ fn assert_only_listed_parameters(sim: &AthenaSimHandle) {
     assert!(ignored.is_empty(), "sent to athena, which does not read them: {ignored:#?}");
 }
 
+/// A gateway config that reaches `sim` as a real athena connection at `base_url` (gateway B of a test).
+fn real_connection(sim: &AthenaSimHandle, base_url: &str) -> String {
+    let secret = std::env::temp_dir().join(format!("athena-secret-{}", std::process::id()));
+    std::fs::write(&secret, AthenaSimConfig::default().client_secret).unwrap();
+    athena_config("").replace(
+        "ehr = \"athena\"\nsimulator = true",
+        &format!(
+            "ehr = \"athena\"\nbase_url = \"{base_url}\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = {{ file = \"{}\" }}\nparams = {{ practice = \"195900\" }}",
+            sim.token_url(),
+            AthenaSimConfig::default().client_id,
+            secret.display()
+        ),
+    )
+}
+
 async fn patch(client: &reqwest::Client, url: &str, operations: Value) -> (u16, Value) {
     let (status, _, body) = send_json(client, Method::PATCH, url, "application/json-patch+json", &operations).await;
     (status, body)
+}
+
+/// The ids of each page of a search, following next links.
+async fn walk(client: &reqwest::Client, first: &str) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut url = Some(first.to_string());
+    while let Some(u) = url {
+        let (status, bundle) = get_json(client, &u).await;
+        assert_eq!(status, 200, "{bundle}");
+        let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
+        pages.push(entries.iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect());
+        url = bundle["link"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+            .and_then(|l| l["url"].as_str().map(str::to_string));
+        assert!(pages.len() < 100, "paging does not end");
+    }
+    pages
 }
 
 async fn gateway() -> (ehr_gateway::server::Running, AthenaSimHandle, String, reqwest::Client) {
@@ -488,18 +522,7 @@ async fn two_hundred_cold_requests_make_one_token_request() {
     // Gateway A runs the simulator; gateway B (cold) reaches it as a real athena connection.
     let a = start_with(&athena_config("")).await;
     let sim = a.athena_sim("demo-athena").unwrap().clone();
-    let secret = std::env::temp_dir().join(format!("athena-secret-{}", std::process::id()));
-    std::fs::write(&secret, ehr_gateway::sim::athena::AthenaSimConfig::default().client_secret).unwrap();
-    let config = athena_config("").replace(
-        "ehr = \"athena\"\nsimulator = true",
-        &format!(
-            "ehr = \"athena\"\nbase_url = \"{}\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = {{ file = \"{}\" }}\nparams = {{ practice = \"195900\" }}",
-            sim.base_url(),
-            sim.token_url(),
-            ehr_gateway::sim::athena::AthenaSimConfig::default().client_id,
-            secret.display()
-        ),
-    );
+    let config = real_connection(&sim, &sim.base_url());
     let b = start_with(&config).await;
     let base = athena_base(&b);
     let client = http();
@@ -633,6 +656,46 @@ async fn changing_what_athena_cannot_update_is_a_422_naming_the_element() {
         assert_eq!(outcome["issue"][0]["expression"][0], expression.as_str(), "{outcome}");
     }
     assert_eq!(get_json(&client, &url).await.1, current, "nothing changed");
+    assert_only_listed_parameters(&sim);
+}
+
+#[tokio::test]
+async fn a_plain_text_404_from_athenas_api_gateway_is_a_502() {
+    let a = start_with(&athena_config("")).await;
+    let sim = a.athena_sim("demo-athena").unwrap().clone();
+    // A base URL athena's API gateway does not route answers its plain-text 404, not athenaNet's JSON.
+    let b = start_with(&real_connection(&sim, &format!("{}/v2/195900", sim.host_url()))).await;
+    let (status, outcome) = get_json(&http(), &format!("{}/Media/ad.195900.1234.44987", athena_base(&b))).await;
+    assert_eq!(status, 502, "{outcome}");
+    assert_eq!(outcome["issue"][0]["code"], "exception", "{outcome}");
+}
+
+#[tokio::test]
+async fn an_unknown_insurance_card_is_not_found() {
+    let (_gw, _sim, base, client) = gateway().await;
+    for method in [Method::GET, Method::DELETE] {
+        let r = client.request(method.clone(), format!("{base}/Media/ic.195900.1234.1111")).bearer_auth(TOKEN).send();
+        let r = r.await.unwrap();
+        let status = r.status().as_u16();
+        let outcome: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(status, 404, "{method}: {outcome}");
+        assert_eq!(outcome["issue"][0]["code"], "not-found", "{method}: {outcome}");
+    }
+}
+
+#[tokio::test]
+async fn card_search_pages_hold_count_entries_and_a_next_link_only_when_more_exist() {
+    let (_gw, sim, base, client) = gateway().await;
+    // Cards on the first and third insurance; the second has none.
+    let media = image_media(&jpeg("third"), json!({"partOf": [{"reference": "Coverage/5680"}]}));
+    let (status, _, created) =
+        send_json(&client, Method::POST, &format!("{base}/Media?category=insurance-card"), FHIR, &media).await;
+    assert_eq!(status, 201, "{created}");
+    let search = format!("{base}/Media?patient=1234&category=insurance-card");
+    let (first, third) = ("ic.195900.1234.5678".to_string(), "ic.195900.1234.5680".to_string());
+    assert_eq!(walk(&client, &format!("{search}&_count=1")).await, vec![vec![first.clone()], vec![third.clone()]]);
+    assert_eq!(walk(&client, &format!("{search}&_count=2")).await, vec![vec![first.clone(), third.clone()]]);
+    assert_eq!(walk(&client, &format!("{search}&_count=3")).await, vec![vec![first, third]]);
     assert_only_listed_parameters(&sim);
 }
 

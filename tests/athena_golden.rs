@@ -37,7 +37,7 @@ struct Case {
     category: &'static str,
     start: Start,
     /// Answer the first request with this instead of asking the simulator (shapes the simulator never
-    /// produces on its own: athena error bodies quoted in upstreams/athena.md).
+    /// produces on its own: athena error bodies quoted in upstreams/athena.md; a string is a plain-text body).
     canned: Option<(u16, Value)>,
     /// A fault the simulator injects into the next API request.
     fault: Option<u16>,
@@ -168,15 +168,21 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "ic-search",
-            "insurance cards: list insurances, ask each for its image, drop those without",
+            "insurance cards: list insurances, ask each for its image; a full page looks ahead for a next one",
             "insurance-card",
-            Search(vec![("patient", "Patient/1234"), ("_count", "2")], None),
+            Search(vec![("patient", "Patient/1234"), ("_count", "1")], None),
         ),
         case(
             "ic-search-page-2",
-            "insurance cards, second page by offset",
+            "insurance cards, second page by offset: insurances without a card are dropped, so the page reads on",
             "insurance-card",
-            Search(vec![("patient", "Patient/1234"), ("_count", "2")], Some(2)),
+            Search(vec![("patient", "Patient/1234"), ("_count", "1")], Some(1)),
+        ),
+        case(
+            "ic-read-unknown",
+            "the card of an insurance athena does not know is not found",
+            "insurance-card",
+            Read("ic.195900.1234.1111"),
         ),
         case(
             "ic-content",
@@ -434,7 +440,23 @@ fn cases() -> Vec<Case> {
         "admin",
         Start::Read("ad.195900.1234.44987"),
         400,
+        json!({"error": "Invalid documentid.", "detailedmessage": "The document id must be a number."}),
+    );
+    canned(
+        "err-practice-config",
+        "athena's practice configuration 400 is the connection's problem, a 502",
+        "admin",
+        Start::Read("ad.195900.1234.44987"),
+        400,
         json!({"error": "Practice is not configured correctly."}),
+    );
+    canned(
+        "err-gateway-text",
+        "a plain-text 404 from athena's API gateway (no JSON body) is a 502, not a missing Media",
+        "admin",
+        Start::Read("ad.195900.1234.44987"),
+        404,
+        json!("Service not registered with API gateway."),
     );
     canned(
         "err-403-business",
@@ -591,11 +613,12 @@ async fn record(dir: &Path) -> Vec<String> {
                     && exchanges.is_empty()
                 {
                     // The first request of the interaction gets the quoted athena answer.
-                    resp = UpstreamResponse {
-                        status: *status,
-                        headers: Default::default(),
-                        body: serde_json::to_vec(body).unwrap().into(),
+                    // A string is a plain-text body (athena's API gateway), anything else JSON.
+                    let body = match body {
+                        Value::String(text) => text.clone().into_bytes(),
+                        other => serde_json::to_vec(other).unwrap(),
                     };
+                    resp = UpstreamResponse { status: *status, headers: Default::default(), body: body.into() };
                 }
                 exchanges.push(exchange(&req, &resp));
                 match run.on_response(&resp) {
