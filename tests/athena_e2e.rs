@@ -1,23 +1,31 @@
 //! athenahealth end to end: the real gateway over loopback HTTP in front of the athena simulator, through
-//! the front door, for every category: create, read with exact bytes, paged search, update and delete.
+//! the front door, for every category: create, read with exact bytes, paged search, update and delete; what athena
+//! cannot do refused before it is asked, and document updates that append exactly once, faults or not.
 
 mod common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use common::*;
-use ehr_gateway::sim::athena::{AthenaSimHandle, UNASSIGNED_PATIENT_ID};
+use ehr_gateway::sim::athena::{
+    AthenaSimConfig, AthenaSimHandle, DEMO_ADMIN_DOCUMENT_IDS, DEMO_CLINICAL_DOCUMENT_IDS, Fault, FaultAction,
+    UNASSIGNED_PATIENT_ID,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 const FHIR: &str = "application/fhir+json";
 const XC: &str = "http://xcaliber-fhir/structureDefinition/";
 
+/// Different real images of the same shape: tests/fixtures/pixel.jpg with a comment segment carrying `tag`
+/// (athena stores what it is given).
 fn jpeg(tag: &str) -> Vec<u8> {
-    let mut bytes = include_bytes!("fixtures/pixel.jpg").to_vec();
-    // Different images of the same shape: athena stores what it is given (the tag sits before EOI).
-    let eoi = bytes.len() - 2;
-    bytes.splice(eoi..eoi, tag.bytes());
+    let pixel = include_bytes!("fixtures/pixel.jpg");
+    let mut bytes = pixel[..2].to_vec();
+    bytes.extend_from_slice(&[0xff, 0xfe]);
+    bytes.extend_from_slice(&u16::try_from(tag.len() + 2).unwrap().to_be_bytes());
+    bytes.extend_from_slice(tag.as_bytes());
+    bytes.extend_from_slice(&pixel[2..]);
     bytes
 }
 
@@ -60,6 +68,55 @@ fn document_media(bytes: &[u8], subclass: Option<&str>) -> Value {
 
 fn extension<'a>(media: &'a Value, name: &str) -> Option<&'a Value> {
     media["extension"].as_array()?.iter().find(|e| e["url"] == format!("{XC}{name}"))
+}
+
+fn extension_index(media: &Value, name: &str) -> usize {
+    media["extension"].as_array().unwrap().iter().position(|e| e["url"] == format!("{XC}{name}")).unwrap()
+}
+
+/// athena ignores the parameters and fields it does not list for an endpoint: the gateway must send none of them
+/// (whatever it meant by one would silently not happen).
+fn assert_only_listed_parameters(sim: &AthenaSimHandle) {
+    let ignored = sim.stats().ignored_parameters;
+    assert!(ignored.is_empty(), "sent to athena, which does not read them: {ignored:#?}");
+}
+
+/// A gateway config that reaches `sim` as a real athena connection at `base_url` (gateway B of a test).
+fn real_connection(sim: &AthenaSimHandle, base_url: &str) -> String {
+    let secret = std::env::temp_dir().join(format!("athena-secret-{}", std::process::id()));
+    std::fs::write(&secret, AthenaSimConfig::default().client_secret).unwrap();
+    athena_config("").replace(
+        "ehr = \"athena\"\nsimulator = true",
+        &format!(
+            "ehr = \"athena\"\nbase_url = \"{base_url}\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = {{ file = \"{}\" }}\nparams = {{ practice = \"195900\" }}",
+            sim.token_url(),
+            AthenaSimConfig::default().client_id,
+            secret.display()
+        ),
+    )
+}
+
+async fn patch(client: &reqwest::Client, url: &str, operations: Value) -> (u16, Value) {
+    let (status, _, body) = send_json(client, Method::PATCH, url, "application/json-patch+json", &operations).await;
+    (status, body)
+}
+
+/// The ids of each page of a search, following next links.
+async fn walk(client: &reqwest::Client, first: &str) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut url = Some(first.to_string());
+    while let Some(u) = url {
+        let (status, bundle) = get_json(client, &u).await;
+        assert_eq!(status, 200, "{bundle}");
+        let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
+        pages.push(entries.iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect());
+        url = bundle["link"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+            .and_then(|l| l["url"].as_str().map(str::to_string));
+        assert!(pages.len() < 100, "paging does not end");
+    }
+    pages
 }
 
 async fn gateway() -> (ehr_gateway::server::Running, AthenaSimHandle, String, reqwest::Client) {
@@ -153,6 +210,7 @@ async fn insurance_cards_create_read_bytes_page_update_and_delete() {
     let stats = sim.stats();
     assert_eq!(stats.token_requests, 1);
     assert_eq!(stats.tokens_refused_rate_limited, 0);
+    assert_only_listed_parameters(&sim);
 }
 
 #[tokio::test]
@@ -193,6 +251,7 @@ async fn single_slot_images_create_read_bytes_search_update_and_delete() {
         assert!(bundle.get("entry").is_none(), "{bundle}");
     }
     assert_eq!(sim.stats().tokens_refused_rate_limited, 0);
+    assert_only_listed_parameters(&sim);
 }
 
 #[tokio::test]
@@ -207,14 +266,15 @@ async fn documents_of_every_class_create_read_page_update_and_soft_delete() {
         let mut created_ids = Vec::new();
         for n in 0..2 {
             let body = pdf(&format!("{category}-{n}"));
-            let (status, _, created) = send_json(
-                &client,
-                Method::POST,
-                &format!("{base}/Media?category={category}"),
-                FHIR,
-                &document_media(&body, subclass),
-            )
-            .await;
+            let mut media = document_media(&body, subclass);
+            if category == "imagingresult" {
+                media["extension"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"url": format!("{XC}external-accession-id"), "valueString": "ACC-77"}));
+            }
+            let (status, _, created) =
+                send_json(&client, Method::POST, &format!("{base}/Media?category={category}"), FHIR, &media).await;
             assert_eq!(status, 201, "{category}: {created}");
             let id = created["id"].as_str().unwrap().to_string();
             assert!(id.starts_with(&format!("{kind}.195900.1234.")), "{id}");
@@ -229,7 +289,11 @@ async fn documents_of_every_class_create_read_page_update_and_soft_delete() {
             assert_eq!(extension(&read, "provider-id").unwrap()["valueString"], "71");
             assert_eq!(extension(&read, "document-source").unwrap()["valueString"], "UPLOAD");
             assert!(extension(&read, "last-modified-date-time").is_some());
-            assert_eq!(extension(&read, "file-size").unwrap()["valueInteger"], body.len());
+            // athena gives the file's size only in lists (`showmetadata`): a read has none to show.
+            assert!(extension(&read, "file-size").is_none(), "{read}");
+            if category == "imagingresult" {
+                assert_eq!(extension(&read, "external-accession-id").unwrap()["valueString"], "ACC-77");
+            }
             assert_eq!(read["contained"][0]["resourceType"], "Media");
             let original = extension(&read, "original-document").unwrap()["valueUrl"].as_str().unwrap();
             let (status, content_type, bytes) = get_bytes(&client, original).await;
@@ -240,6 +304,11 @@ async fn documents_of_every_class_create_read_page_update_and_soft_delete() {
             created_ids.push(id);
         }
         let search = format!("{base}/Media?patient=1234&category={category}&_count=1");
+        let (_, listed) = get_json(&client, &format!("{base}/Media?patient=1234&category={category}&_count=100")).await;
+        let listed =
+            listed["entry"].as_array().unwrap().iter().find(|e| e["resource"]["id"] == created_ids[0].as_str());
+        let size = extension(&listed.unwrap()["resource"], "file-size").map(|e| e["valueInteger"].clone());
+        assert_eq!(size, Some(json!(pdf(&format!("{category}-0")).len())), "{category}: the file's size in searches");
         let (count, found) = pages(&client, &search).await;
         assert!(count >= 3, "{category}: {count} pages");
         assert!(created_ids.iter().all(|id| found.contains(id)), "{category}: {found:?}");
@@ -294,6 +363,7 @@ async fn documents_of_every_class_create_read_page_update_and_soft_delete() {
     assert_eq!(stats.creates, 8, "every document create reached athena exactly once");
     assert_eq!(stats.token_requests, 1);
     assert_eq!(stats.tokens_refused_rate_limited, 0);
+    assert_only_listed_parameters(&sim);
 }
 
 async fn read_created(client: &reqwest::Client, base: &str, id: &str) -> String {
@@ -356,6 +426,35 @@ async fn bad_input_gets_a_clear_operation_outcome_naming_the_field() {
             "Media.modality.coding.where(system='https://docs.athenahealth.com/api/documentsubclass').code",
         ),
         (
+            "a clinical provider on an admin document (athena's admin create has no such field)",
+            Method::POST,
+            format!("{base}/Media?category=admin"),
+            {
+                let mut m = document_media(&pdf("x"), Some("ADMIN_CONSENT"));
+                m["extension"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"url": format!("{XC}clinical-provider-id"), "valueString": "72"}));
+                m
+            },
+            422,
+            "business-rule",
+            "Media.extension",
+        ),
+        (
+            "a medical record filed as completed (athena's medical-record create has no autoclose)",
+            Method::POST,
+            format!("{base}/Media?category=medicalrecord"),
+            {
+                let mut m = document_media(&pdf("x"), Some("MEDICALRECORD_HISTORICAL"));
+                m["status"] = json!("completed");
+                m
+            },
+            422,
+            "business-rule",
+            "Media.status",
+        ),
+        (
             "a JPEG as a document",
             Method::POST,
             format!("{base}/Media?category=admin"),
@@ -415,6 +514,7 @@ async fn bad_input_gets_a_clear_operation_outcome_naming_the_field() {
     }
     assert_eq!(sim.stats().creates, 0, "no bad input filed a document");
     assert_eq!(sim.stats().tokens_refused_rate_limited, 0);
+    assert_only_listed_parameters(&sim);
 }
 
 #[tokio::test]
@@ -422,18 +522,7 @@ async fn two_hundred_cold_requests_make_one_token_request() {
     // Gateway A runs the simulator; gateway B (cold) reaches it as a real athena connection.
     let a = start_with(&athena_config("")).await;
     let sim = a.athena_sim("demo-athena").unwrap().clone();
-    let secret = std::env::temp_dir().join(format!("athena-secret-{}", std::process::id()));
-    std::fs::write(&secret, ehr_gateway::sim::athena::AthenaSimConfig::default().client_secret).unwrap();
-    let config = athena_config("").replace(
-        "ehr = \"athena\"\nsimulator = true",
-        &format!(
-            "ehr = \"athena\"\nbase_url = \"{}\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = {{ file = \"{}\" }}\nparams = {{ practice = \"195900\" }}",
-            sim.base_url(),
-            sim.token_url(),
-            ehr_gateway::sim::athena::AthenaSimConfig::default().client_id,
-            secret.display()
-        ),
-    );
+    let config = real_connection(&sim, &sim.base_url());
     let b = start_with(&config).await;
     let base = athena_base(&b);
     let client = http();
@@ -480,4 +569,213 @@ async fn throttling_403s_are_retried_for_reads_and_reported_as_429_when_they_per
     assert_eq!(outcome["issue"][0]["code"], "throttled");
     assert_eq!(sim.stats().requests, 3);
     sim.clear_faults();
+}
+
+#[tokio::test]
+async fn admin_and_medical_record_documents_without_a_subclass_are_refused_before_athena() {
+    let (_gw, sim, base, client) = gateway().await;
+    sim.reset_stats();
+    for category in ["admin", "medicalrecord"] {
+        let (status, _, outcome) = send_json(
+            &client,
+            Method::POST,
+            &format!("{base}/Media?category={category}"),
+            FHIR,
+            &document_media(&pdf("x"), None),
+        )
+        .await;
+        assert_eq!(status, 400, "{category}: {outcome}");
+        assert_eq!(outcome["issue"][0]["code"], "required", "{category}: {outcome}");
+        assert_eq!(
+            outcome["issue"][0]["expression"][0],
+            "Media.modality.coding.where(system='https://docs.athenahealth.com/api/documentsubclass').code",
+            "{category}"
+        );
+    }
+    assert_eq!(sim.stats().requests, 0, "athena was not asked");
+}
+
+#[tokio::test]
+async fn internal_notes_are_appended_where_athena_appends_and_replaced_where_it_replaces() {
+    let (_gw, sim, base, client) = gateway().await;
+    let admin = DEMO_ADMIN_DOCUMENT_IDS[1];
+    let url = format!("{base}/Media/ad.195900.1234.{admin}");
+    let seeded = format!("Seeded document {admin}");
+    let (_, current) = get_json(&client, &url).await;
+    let at = format!("/extension/{}/valueString", extension_index(&current, "internal-note"));
+
+    // An admin document's note can only grow: a replace is refused, naming the note, and athena is not asked.
+    let (status, outcome) =
+        patch(&client, &url, json!([{"op": "replace", "path": at, "value": "patched REPLACED"}])).await;
+    assert_eq!(status, 422, "{outcome}");
+    assert_eq!(outcome["issue"][0]["code"], "business-rule");
+    assert_eq!(outcome["issue"][0]["expression"][0], format!("Media.extension('{XC}internal-note')"));
+    assert!(outcome["issue"][0]["diagnostics"].as_str().unwrap().contains("append"), "{outcome}");
+    assert_eq!(sim.internal_note(admin), Some(seeded.clone()));
+
+    // The current note followed by more text is an append.
+    let (status, patched) =
+        patch(&client, &url, json!([{"op": "replace", "path": at, "value": format!("{seeded}\nchecked by phone")}]))
+            .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(sim.internal_note(admin), Some(format!("{seeded} checked by phone")));
+    assert_eq!(extension(&patched, "internal-note").unwrap()["valueString"], format!("{seeded} checked by phone"));
+
+    // Clinical documents replace theirs (athena's replaceinternalnote).
+    let clinical = DEMO_CLINICAL_DOCUMENT_IDS[0];
+    let url = format!("{base}/Media/cd.195900.1234.{clinical}");
+    let (_, current) = get_json(&client, &url).await;
+    let at = format!("/extension/{}/valueString", extension_index(&current, "internal-note"));
+    let (status, patched) = patch(&client, &url, json!([{"op": "replace", "path": at, "value": "rewritten"}])).await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(extension(&patched, "internal-note").unwrap()["valueString"], "rewritten");
+    assert_eq!(sim.internal_note(clinical).as_deref(), Some("rewritten"));
+    assert_only_listed_parameters(&sim);
+}
+
+#[tokio::test]
+async fn changing_what_athena_cannot_update_is_a_422_naming_the_element() {
+    let (_gw, sim, base, client) = gateway().await;
+    let url = format!("{base}/Media/ad.195900.1234.{}", DEMO_ADMIN_DOCUMENT_IDS[3]);
+    let (_, current) = get_json(&client, &url).await;
+    let cases = [
+        (
+            json!([{"op": "replace", "path": format!("/extension/{}/valueString", extension_index(&current, "document-source")), "value": "FAX"}]),
+            format!("Media.extension('{XC}document-source')"),
+        ),
+        (json!([{"op": "add", "path": "/note", "value": [{"text": "seen"}]}]), "Media.note".to_string()),
+        (
+            json!([{"op": "add", "path": "/extension/-", "value": {"url": format!("{XC}clinical-provider-id"), "valueString": "72"}}]),
+            format!("Media.extension('{XC}clinical-provider-id')"),
+        ),
+    ];
+    for (operations, expression) in cases {
+        let (status, outcome) = patch(&client, &url, operations).await;
+        assert_eq!(status, 422, "{expression}: {outcome}");
+        assert_eq!(outcome["issue"][0]["code"], "business-rule", "{outcome}");
+        assert_eq!(outcome["issue"][0]["expression"][0], expression.as_str(), "{outcome}");
+    }
+    assert_eq!(get_json(&client, &url).await.1, current, "nothing changed");
+    assert_only_listed_parameters(&sim);
+}
+
+#[tokio::test]
+async fn a_plain_text_404_from_athenas_api_gateway_is_a_502() {
+    let a = start_with(&athena_config("")).await;
+    let sim = a.athena_sim("demo-athena").unwrap().clone();
+    // A base URL athena's API gateway does not route answers its plain-text 404, not athenaNet's JSON.
+    let b = start_with(&real_connection(&sim, &format!("{}/v2/195900", sim.host_url()))).await;
+    let (status, outcome) = get_json(&http(), &format!("{}/Media/ad.195900.1234.44987", athena_base(&b))).await;
+    assert_eq!(status, 502, "{outcome}");
+    assert_eq!(outcome["issue"][0]["code"], "exception", "{outcome}");
+}
+
+#[tokio::test]
+async fn an_unknown_insurance_card_is_not_found() {
+    let (_gw, _sim, base, client) = gateway().await;
+    for method in [Method::GET, Method::DELETE] {
+        let r = client.request(method.clone(), format!("{base}/Media/ic.195900.1234.1111")).bearer_auth(TOKEN).send();
+        let r = r.await.unwrap();
+        let status = r.status().as_u16();
+        let outcome: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(status, 404, "{method}: {outcome}");
+        assert_eq!(outcome["issue"][0]["code"], "not-found", "{method}: {outcome}");
+    }
+}
+
+#[tokio::test]
+async fn card_search_pages_hold_count_entries_and_a_next_link_only_when_more_exist() {
+    let (_gw, sim, base, client) = gateway().await;
+    // Cards on the first and third insurance; the second has none.
+    let media = image_media(&jpeg("third"), json!({"partOf": [{"reference": "Coverage/5680"}]}));
+    let (status, _, created) =
+        send_json(&client, Method::POST, &format!("{base}/Media?category=insurance-card"), FHIR, &media).await;
+    assert_eq!(status, 201, "{created}");
+    let search = format!("{base}/Media?patient=1234&category=insurance-card");
+    let (first, third) = ("ic.195900.1234.5678".to_string(), "ic.195900.1234.5680".to_string());
+    assert_eq!(walk(&client, &format!("{search}&_count=1")).await, vec![vec![first.clone()], vec![third.clone()]]);
+    assert_eq!(walk(&client, &format!("{search}&_count=2")).await, vec![vec![first.clone(), third.clone()]]);
+    assert_eq!(walk(&client, &format!("{search}&_count=3")).await, vec![vec![first, third]]);
+    assert_only_listed_parameters(&sim);
+}
+
+#[tokio::test]
+async fn the_same_document_update_sent_twice_appends_the_note_once() {
+    let (_gw, sim, base, client) = gateway().await;
+    let id = DEMO_ADMIN_DOCUMENT_IDS[4];
+    let url = format!("{base}/Media/ad.195900.1234.{id}");
+    let (_, mut media) = get_json(&client, &url).await;
+    let at = extension_index(&media, "internal-note");
+    media["extension"][at]["valueString"] = json!(format!("Seeded document {id}\nsent twice"));
+    for _ in 0..2 {
+        let (status, _, updated) = send_json(&client, Method::PUT, &url, FHIR, &media).await;
+        assert_eq!(status, 200, "{updated}");
+    }
+    assert_eq!(sim.internal_note(id), Some(format!("Seeded document {id} sent twice")));
+    assert_only_listed_parameters(&sim);
+}
+
+#[tokio::test]
+async fn under_faults_each_acknowledged_note_update_lands_exactly_once() {
+    // A short upstream timeout, so a late athena answer is a timeout the gateway sees.
+    let config = athena_config("").replace("simulator = true", "simulator = true\ntimeout_ms = 400");
+    let gw = start_with(&config).await;
+    let sim = gw.athena_sim("demo-athena").unwrap().clone();
+    let (base, client) = (athena_base(&gw), http());
+    let id = DEMO_ADMIN_DOCUMENT_IDS[5];
+    let url = format!("{base}/Media/ad.195900.1234.{id}");
+    let put = || Fault::new(FaultAction::Status(500)).with_method(reqwest::Method::PUT);
+    let late = FaultAction::Latency(std::time::Duration::from_millis(900));
+    let faults: Vec<Option<(Fault, bool)>> = vec![
+        // (fault, strikes after athena processed the request)
+        Some((put(), true)),
+        Some((Fault { action: FaultAction::Reset, ..put() }, true)),
+        Some((Fault { action: late, ..put() }, true)),
+        Some((Fault { action: late, ..put() }, false)),
+        Some((Fault { action: FaultAction::Status(503), ..put() }, false)),
+        Some((Fault { action: FaultAction::Reset, ..put() }, false)),
+        None,
+        Some((Fault::new(FaultAction::Status(500)).with_method(reqwest::Method::GET).repeat(2), true)),
+    ];
+    let mut tags = Vec::new();
+    let mut acknowledged_at_once = 0;
+    for round in 0..2 {
+        for (n, fault) in faults.iter().enumerate() {
+            let tag = format!("u{round}{n}");
+            match fault {
+                Some((fault, true)) => sim.inject_after_processing(fault.clone()),
+                Some((fault, false)) => sim.inject(fault.clone()),
+                None => {}
+            }
+            // What a client does with an unknown outcome, as the gateway's answer says: read, and send the
+            // update again only if it did not land.
+            for attempt in 0..3 {
+                let (_, mut media) = get_json(&client, &url).await;
+                let at = extension_index(&media, "internal-note");
+                let note = media["extension"][at]["valueString"].as_str().unwrap().to_string();
+                if note.split_whitespace().any(|word| word == tag) {
+                    break;
+                }
+                media["extension"][at]["valueString"] = json!(format!("{note}\n{tag}"));
+                let (status, _, answer) = send_json(&client, Method::PUT, &url, FHIR, &media).await;
+                sim.clear_faults();
+                if status == 200 {
+                    acknowledged_at_once += usize::from(attempt == 0);
+                    break;
+                }
+                assert!([502, 503, 504].contains(&status), "{tag}: {status} {answer}");
+                assert!(answer["issue"][0]["diagnostics"].as_str().unwrap().contains("may or may not have happened"));
+                // Let a request athena still holds land before reading again.
+                tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+            }
+            tags.push(tag);
+        }
+    }
+    let note = sim.internal_note(id).unwrap();
+    for tag in &tags {
+        let count = note.split_whitespace().filter(|word| word == tag).count();
+        assert_eq!(count, 1, "{tag} must be in the note exactly once: {note:?}");
+    }
+    assert_eq!(acknowledged_at_once, 4, "the rounds without a PUT fault are answered at once");
+    assert_only_listed_parameters(&sim);
 }

@@ -36,17 +36,21 @@ struct Case {
     description: &'static str,
     category: &'static str,
     start: Start,
-    /// Answer the last request with this instead of asking the simulator (shapes the simulator never
-    /// produces on its own: athena error bodies quoted in upstreams/athena.md).
+    /// Answer the first request with this instead of asking the simulator (shapes the simulator never
+    /// produces on its own: athena error bodies quoted in upstreams/athena.md; a string is a plain-text body).
     canned: Option<(u16, Value)>,
     /// A fault the simulator injects into the next API request.
     fault: Option<u16>,
 }
 
+/// A real JPEG (tests/fixtures/pixel.jpg) made distinct by a comment segment carrying `tag`, base64.
 fn image(tag: &str) -> String {
-    let mut bytes = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00".to_vec();
+    let pixel = include_bytes!("fixtures/pixel.jpg");
+    let mut bytes = pixel[..2].to_vec();
+    bytes.extend_from_slice(&[0xff, 0xfe]);
+    bytes.extend_from_slice(&u16::try_from(tag.len() + 2).unwrap().to_be_bytes());
     bytes.extend_from_slice(tag.as_bytes());
-    bytes.extend_from_slice(b"\xff\xd9");
+    bytes.extend_from_slice(&pixel[2..]);
     BASE64.encode(bytes)
 }
 
@@ -78,6 +82,45 @@ fn document_media(subclass: Option<&str>) -> Value {
             json!({"coding": [{"system": "https://docs.athenahealth.com/api/documentsubclass", "code": s}]});
     }
     m
+}
+
+fn imaging_media() -> Value {
+    let mut m = document_media(None);
+    let extensions = m["extension"].as_array_mut().unwrap();
+    extensions.push(json!({"url": format!("{XC}external-accession-id"), "valueString": "ACC-2024-77"}));
+    extensions.push(json!({"url": format!("{XC}internal-accession-id"), "valueString": "IAC-77"}));
+    m
+}
+
+/// A medical record: athena's medical-record create has no autoclose, so a new one goes to review.
+fn medical_record_media() -> Value {
+    let mut m = document_media(Some("MEDICALRECORD_HISTORICAL"));
+    m["status"] = json!("in-progress");
+    m
+}
+
+fn set_note(m: &mut Value, note: impl Fn(&str) -> String) {
+    for e in m["extension"].as_array_mut().into_iter().flatten() {
+        if e["url"] == format!("{XC}internal-note") {
+            e["valueString"] = json!(note(e["valueString"].as_str().unwrap_or_default()));
+        }
+    }
+}
+
+fn append_note(m: &mut Value) {
+    set_note(m, |current| format!("{current}\nfaxed to the insurer"));
+}
+
+fn replace_note(m: &mut Value) {
+    set_note(m, |_| "rewritten by the front desk".to_string());
+}
+
+fn new_source(m: &mut Value) {
+    for e in m["extension"].as_array_mut().into_iter().flatten() {
+        if e["url"] == format!("{XC}document-source") {
+            e["valueString"] = json!("FAX");
+        }
+    }
 }
 
 fn new_image(m: &mut Value) {
@@ -125,15 +168,21 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "ic-search",
-            "insurance cards: list insurances, ask each for its image, drop those without",
+            "insurance cards: list insurances, ask each for its image; a full page looks ahead for a next one",
             "insurance-card",
-            Search(vec![("patient", "Patient/1234"), ("_count", "2")], None),
+            Search(vec![("patient", "Patient/1234"), ("_count", "1")], None),
         ),
         case(
             "ic-search-page-2",
-            "insurance cards, second page by offset",
+            "insurance cards, second page by offset: insurances without a card are dropped, so the page reads on",
             "insurance-card",
-            Search(vec![("patient", "Patient/1234"), ("_count", "2")], Some(2)),
+            Search(vec![("patient", "Patient/1234"), ("_count", "1")], Some(1)),
+        ),
+        case(
+            "ic-read-unknown",
+            "the card of an insurance athena does not know is not found",
+            "insurance-card",
+            Read("ic.195900.1234.1111"),
         ),
         case(
             "ic-content",
@@ -188,6 +237,36 @@ fn cases() -> Vec<Case> {
             "admin document metadata update sends only what changed",
             "admin",
             Update("ad.195900.1234.44988", new_priority),
+        ),
+        case(
+            "ad-update-note",
+            "an admin document's note grows: only the added text is sent, and that PUT is never resent",
+            "admin",
+            Update("ad.195900.1234.44988", append_note),
+        ),
+        case(
+            "ad-update-note-replace",
+            "an admin document's note cannot be replaced (athena appends): 422 before any call",
+            "admin",
+            Update("ad.195900.1234.44988", replace_note),
+        ),
+        case(
+            "ad-update-read-only",
+            "what athena keeps about a document (its source) cannot change: 422 naming it",
+            "admin",
+            Update("ad.195900.1234.44988", new_source),
+        ),
+        case(
+            "cd-update-note",
+            "a clinical document's note is replaced (replaceinternalnote)",
+            "clinicaldocument",
+            Update("cd.195900.1234.45001", replace_note),
+        ),
+        case(
+            "ad-create-no-subclass",
+            "an admin document needs a subclass: 400 required before any call",
+            "admin",
+            Create(document_media(None)),
         ),
         case(
             "ad-search",
@@ -254,7 +333,7 @@ fn cases() -> Vec<Case> {
             Content("cd.195900.1234.45001", vec![("page", "900009")]),
         ),
         case("cd-delete", "clinical document soft delete", "clinicaldocument", Delete("cd.195900.1234.45002")),
-        case("ir-create", "imaging result with accession ids", "imagingresult", Create(document_media(None))),
+        case("ir-create", "imaging result with accession ids", "imagingresult", Create(imaging_media())),
         case("ir-read", "imaging result read", "imagingresult", Read("ir.195900.1234.45011")),
         case(
             "ir-update",
@@ -277,9 +356,9 @@ fn cases() -> Vec<Case> {
         case("ir-delete", "imaging result soft delete", "imagingresult", Delete("ir.195900.1234.45012")),
         case(
             "mr-create",
-            "medical record with a subclass",
+            "medical record with a subclass: only the fields athena's medical-record create takes",
             "medicalrecord",
-            Create(document_media(Some("MEDICALRECORD_HISTORICAL"))),
+            Create(medical_record_media()),
         ),
         case("mr-read", "medical record read", "medicalrecord", Read("mr.195900.1234.45021")),
         case(
@@ -302,12 +381,6 @@ fn cases() -> Vec<Case> {
         ),
         case("mr-delete", "medical record soft delete", "medicalrecord", Delete("mr.195900.1234.45021")),
         // Errors, one per rule of the error table.
-        case(
-            "err-missingfields",
-            "athena's missingfields become a 400 required naming where to set them",
-            "admin",
-            Create(document_media(None)),
-        ),
         case(
             "err-not-in-department",
             "a department the patient is not in",
@@ -340,8 +413,8 @@ fn cases() -> Vec<Case> {
     canned(
         "err-attachment-type",
         "athena's invalid attachment type (the gateway sends only PDF)",
-        "medicalrecord",
-        Start::Create(document_media(Some("MEDICALRECORD_HISTORICAL"))),
+        "admin",
+        Start::Create(document_media(Some("ADMIN_CONSENT"))),
         400,
         json!({"error": "Invalid attachment type id."}),
     );
@@ -354,12 +427,36 @@ fn cases() -> Vec<Case> {
         json!({"error": "The data provided is invalid.", "detailedmessage": "Expecting format date, but value is '2024-05-06'."}),
     );
     canned(
+        "err-missingfields",
+        "athena's missingfields become a 400 required naming where to set them",
+        "admin",
+        Start::Create(document_media(Some("ADMIN_CONSENT"))),
+        400,
+        json!({"error": "Additional fields are required.", "detailedmessage": "The following fields are required: departmentid.", "missingfields": ["departmentid"]}),
+    );
+    canned(
         "err-other-400",
         "another athena 400",
         "admin",
         Start::Read("ad.195900.1234.44987"),
         400,
+        json!({"error": "Invalid documentid.", "detailedmessage": "The document id must be a number."}),
+    );
+    canned(
+        "err-practice-config",
+        "athena's practice configuration 400 is the connection's problem, a 502",
+        "admin",
+        Start::Read("ad.195900.1234.44987"),
+        400,
         json!({"error": "Practice is not configured correctly."}),
+    );
+    canned(
+        "err-gateway-text",
+        "a plain-text 404 from athena's API gateway (no JSON body) is a 502, not a missing Media",
+        "admin",
+        Start::Read("ad.195900.1234.44987"),
+        404,
+        json!("Service not registered with API gateway."),
     );
     canned(
         "err-403-business",
@@ -516,11 +613,12 @@ async fn record(dir: &Path) -> Vec<String> {
                     && exchanges.is_empty()
                 {
                     // The first request of the interaction gets the quoted athena answer.
-                    resp = UpstreamResponse {
-                        status: *status,
-                        headers: Default::default(),
-                        body: serde_json::to_vec(body).unwrap().into(),
+                    // A string is a plain-text body (athena's API gateway), anything else JSON.
+                    let body = match body {
+                        Value::String(text) => text.clone().into_bytes(),
+                        other => serde_json::to_vec(other).unwrap(),
                     };
+                    resp = UpstreamResponse { status: *status, headers: Default::default(), body: body.into() };
                 }
                 exchanges.push(exchange(&req, &resp));
                 match run.on_response(&resp) {

@@ -229,12 +229,14 @@ pub fn run_file(mapping: &Mapping, file: &Path) -> CaseReport {
     report.interaction = case.interaction.clone();
     report.description = case.description.clone();
     // An error result after upstream answers checks the error table: which rule translated the last one.
-    report.translated_rule = case
-        .exchanges
-        .last()
-        .filter(|_| case.result.error.is_some())
-        .and_then(|e| response(&e.respond).ok())
-        .and_then(|r| super::engine::matching_rule(mapping, &r));
+    report.translated_rule =
+        case.exchanges.last().filter(|_| case.result.error.is_some()).and_then(|e| response(&e.respond).ok()).and_then(
+            |r| {
+                // As the engine does: a `$content` fetch's errors are translated outside any interaction.
+                let interaction = Some(case.interaction.as_str()).filter(|i| *i != "content");
+                super::engine::matching_rule_in(mapping, &r, interaction)
+            },
+        );
     match run_case(mapping, &case, &mut report.category) {
         Ok(failures) => report.failures = failures,
         Err(e) => report.failures.push(e),

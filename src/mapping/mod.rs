@@ -18,8 +18,8 @@ pub mod transform;
 pub use compile::compile_file;
 pub use diagnostics::{Diagnostic, Severity};
 pub use model::{
-    Auth, Category, Check, ClientAuth, Each, Encoding, ErrorRule, Interaction, Mapping, MappingSet, Paging, Search,
-    StatusMatch, Step, StepResult, Unchangeable, Unresolved,
+    AppendOnly, Auth, Category, Check, ClientAuth, Each, Encoding, ErrorRule, Interaction, Mapping, MappingSet, Paging,
+    Search, StatusMatch, Step, StepResult, Unchangeable, Unresolved,
 };
 pub use registry::MappingRegistry;
 

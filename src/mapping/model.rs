@@ -82,6 +82,15 @@ pub struct Unchangeable {
     pub message: String,
 }
 
+/// A text element the EHR can only append to; the added text becomes the variable `bind`.
+#[derive(Debug)]
+pub struct AppendOnly {
+    pub path: Expression,
+    pub bind: String,
+    pub expression: String,
+    pub message: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Paging {
     /// Follow the upstream's `next` link.
@@ -114,6 +123,11 @@ pub struct Interaction {
     pub checks: Vec<Check>,
     pub bind: Vec<(String, Expression)>,
     pub unchangeable: Vec<Unchangeable>,
+    /// Elements an update may change (`Media.x`, `Media.extension('url')`); empty: any.
+    pub changeable: Vec<String>,
+    /// Elements the EHR maintains; the client's copy is replaced by the current value.
+    pub ignore_changes: Vec<String>,
+    pub append_only: Vec<AppendOnly>,
     pub params: Vec<String>,
     pub steps: Vec<Step>,
 }
@@ -190,6 +204,8 @@ impl StatusMatch {
 #[derive(Debug)]
 pub struct ErrorRule {
     pub status: StatusMatch,
+    /// The interactions the rule applies to; empty: all.
+    pub interactions: Vec<String>,
     pub when: Option<Expression>,
     pub matches: Option<Regex>,
     pub expressions: Option<Expression>,

@@ -149,6 +149,20 @@ pub struct InteractionSpec {
     /// answered 422 with the message.
     #[serde(default)]
     pub unchangeable: Vec<UnchangeableSpec>,
+    /// Update only: the elements an update may change, as `Media.<element>` or `Media.extension('<url>')`
+    /// (elements are compared whole, extensions one by one); a change to any other element is answered 422
+    /// naming it. Empty: any element may change.
+    #[serde(default)]
+    pub changeable: Vec<String>,
+    /// Update only: elements the EHR maintains itself, named as in `changeable` (a last-modified time, a
+    /// name that follows an id): the client's copy, stale or not, is replaced by the current value, so it is
+    /// neither a change nor sent.
+    #[serde(default)]
+    pub ignore_changes: Vec<String>,
+    /// Update only: text elements the EHR can only append to. The new value must be the current one followed
+    /// by more text (else 422 with the message); that added text is the variable `bind`.
+    #[serde(default)]
+    pub append_only: Vec<AppendOnlySpec>,
     /// Content only: query parameters of the `$content` URL, passed on as variables.
     #[serde(default)]
     pub params: Vec<String>,
@@ -162,6 +176,19 @@ pub struct UnchangeableSpec {
     pub path: String,
     /// FHIRPath-style location reported to the client.
     pub expression: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppendOnlySpec {
+    /// Expression over the resource giving the text (compared between the current and the new one).
+    pub path: String,
+    /// The variable that holds the added text (without the whitespace that separates it), for the steps.
+    pub bind: String,
+    /// FHIRPath-style location reported to the client.
+    pub expression: String,
+    /// Why the value cannot be replaced, and how to add to it.
     pub message: String,
 }
 
@@ -315,6 +342,9 @@ pub struct ErrorRuleSpec {
     /// Expression giving the OperationOutcome `expression`(s), e.g. the upstream's list of missing fields.
     #[serde(default)]
     pub expressions: Option<String>,
+    /// The interactions (create, read, update, delete, search) the rule applies to; empty: all of them.
+    #[serde(default)]
+    pub interactions: Vec<String>,
     pub gateway_status: u16,
     pub code: String,
     #[serde(default)]

@@ -12,7 +12,7 @@ use super::locate::locate;
 use crate::error::IssueCode;
 use crate::mapping::template::{Expression, Template, TextTemplate, suggest};
 use crate::mapping::{
-    Check, Diagnostic, Encoding, Interaction, Severity, Step, StepResult, Unchangeable, Unresolved, spec,
+    AppendOnly, Check, Diagnostic, Encoding, Interaction, Severity, Step, StepResult, Unchangeable, Unresolved, spec,
 };
 
 pub(super) struct Compiler<'a> {
@@ -335,11 +335,63 @@ impl Compiler<'_> {
                 })
             })
             .collect();
+        let named = [("changeable", &spec.changeable), ("ignore_changes", &spec.ignore_changes)];
+        for (list, elements) in named {
+            for (i, element) in elements.iter().enumerate() {
+                if !changeable_name_ok(element) {
+                    self.error(
+                        &format!("{key}.{list}[{i}]"),
+                        format!("`{element}` names no element; write `Media.<element>` or `Media.extension('<url>')`"),
+                    );
+                }
+            }
+        }
+        let append_only: Vec<AppendOnly> = spec
+            .append_only
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| {
+                let at = format!("{key}.append_only[{i}]");
+                if a.bind.is_empty() || !a.bind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    self.error(&format!("{at}.bind"), format!("`{}` is not a variable name", a.bind));
+                }
+                Some(AppendOnly {
+                    path: self.expression(&format!("{at}.path"), &a.path, Some(&Known::new()))?,
+                    bind: a.bind.clone(),
+                    expression: a.expression.clone(),
+                    message: a.message.clone(),
+                })
+            })
+            .collect();
         let mut vars = vars;
         vars.extend(spec.bind.keys().cloned());
         vars.extend(spec.params.iter().cloned());
+        vars.extend(append_only.iter().map(|a| a.bind.clone()));
         let steps = self.steps(&format!("{key}.steps"), &spec.steps, Some(result), vars);
-        Interaction { serialize_writes_by, checks, bind, unchangeable, params: spec.params.clone(), steps }
+        // Text the EHR appends is added again by every resend: a step that sends it must not be resent.
+        for (i, step) in steps.iter().enumerate() {
+            let sends = step_variables(step);
+            if let Some(a) = append_only.iter().find(|a| step.idempotent && sends.contains(&a.bind.as_str())) {
+                self.error(
+                    &format!("{key}.steps[{i}].idempotent"),
+                    format!(
+                        "this step sends `{}`, which the EHR appends: resending it would append twice; set `idempotent = false`",
+                        a.bind
+                    ),
+                );
+            }
+        }
+        Interaction {
+            serialize_writes_by,
+            checks,
+            bind,
+            unchangeable,
+            changeable: spec.changeable.clone(),
+            ignore_changes: spec.ignore_changes.clone(),
+            append_only,
+            params: spec.params.clone(),
+            steps,
+        }
     }
 
     pub(super) fn issue_code(&mut self, key: &str, code: &str) -> IssueCode {
@@ -363,4 +415,25 @@ impl Compiler<'_> {
             IssueCode::Exception
         })
     }
+}
+
+/// `Media.<element>` or `Media.extension('<url>')`.
+fn changeable_name_ok(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("Media.") else { return false };
+    match rest.strip_prefix("extension('").and_then(|r| r.strip_suffix("')")) {
+        Some(url) => !url.is_empty() && !url.contains('\''),
+        None => !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric()),
+    }
+}
+
+/// The variables a step's request (path, query, headers, body) reads.
+fn step_variables(step: &Step) -> Vec<&str> {
+    let mut expressions: Vec<&Expression> = step.path.expressions().collect();
+    for (_, t) in step.query.iter().chain(&step.headers) {
+        expressions.extend(t.expressions());
+    }
+    if let Some(body) = &step.body {
+        expressions.extend(body.expressions());
+    }
+    expressions.iter().flat_map(|e| e.variables()).collect()
 }

@@ -68,6 +68,10 @@ impl MappingSet {
     }
 }
 
+/// The interactions an error rule can be limited to (a `$content` fetch's errors are translated by rules
+/// that name no interaction).
+const SCOPED_INTERACTIONS: &[&str] = &["create", "read", "update", "delete", "search"];
+
 /// Deserializes the file. An unknown key on a one-line entry is reported and that line set aside, so
 /// the rest of the file is still checked and every mistake shows in one run; other structural errors
 /// (syntax, wrong types, missing keys) stop here.
@@ -226,6 +230,12 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
             if name != "update" && !spec.unchangeable.is_empty() {
                 c.error(&format!("{at}.{name}.unchangeable"), "only an update has unchangeable elements");
             }
+            if name != "update" && !(spec.changeable.is_empty() && spec.ignore_changes.is_empty()) {
+                c.error(&format!("{at}.{name}"), "only an update has changeable or ignored elements");
+            }
+            if name != "update" && !spec.append_only.is_empty() {
+                c.error(&format!("{at}.{name}.append_only"), "only an update has append-only elements");
+            }
             if name != "content" && !spec.params.is_empty() {
                 c.error(&format!("{at}.{name}.params"), "only a content fetch takes URL parameters");
             }
@@ -356,9 +366,19 @@ pub fn compile_file(name: &str, file: &Path, text: &str) -> Result<(Mapping, Vec
             c.error(&format!("{at}.matches"), "`matches` tests the value of `when`; add `when`");
         }
         let expressions = r.expressions.as_ref().and_then(|e| c.expression(&format!("{at}.expressions"), e, None));
+        for (j, interaction) in r.interactions.iter().enumerate() {
+            if !SCOPED_INTERACTIONS.contains(&interaction.as_str()) {
+                let hint = suggest(interaction, SCOPED_INTERACTIONS.iter().copied());
+                c.error(
+                    &format!("{at}.interactions[{j}]"),
+                    format!("`{interaction}` is not one of {}{hint}", SCOPED_INTERACTIONS.join(", ")),
+                );
+            }
+        }
         if let (Some(status), Some(gateway_status), Some(message)) = (status, gateway_status, message) {
             errors.push(ErrorRule {
                 status,
+                interactions: r.interactions.clone(),
                 when,
                 matches,
                 expressions,

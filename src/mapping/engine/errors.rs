@@ -54,8 +54,15 @@ fn error_document(response: &UpstreamResponse) -> Value {
     crate::json::parse_text(&response.body, &crate::json::Limits::UPSTREAM).unwrap_or(Value::Null)
 }
 
-/// The index of the error rule that applies to an upstream answer, if any (first match wins).
+/// The index of the error rule that applies to an upstream answer, if any (first match wins), outside any
+/// interaction: rules limited to interactions do not apply (a `$content` fetch).
 pub fn matching_rule(mapping: &Mapping, response: &UpstreamResponse) -> Option<usize> {
+    matching_rule_in(mapping, response, None)
+}
+
+/// The index of the error rule that applies to an upstream answer of `interaction` (create, read, update,
+/// delete, search), if any; with `None`, rules limited to interactions do not apply.
+pub fn matching_rule_in(mapping: &Mapping, response: &UpstreamResponse, interaction: Option<&str>) -> Option<usize> {
     let document = error_document(response);
     let empty = BTreeMap::new();
     let scope = Scope {
@@ -65,7 +72,9 @@ pub fn matching_rule(mapping: &Mapping, response: &UpstreamResponse) -> Option<u
         transforms: env(mapping, None, None),
     };
     mapping.errors.iter().position(|r| {
-        r.status.matches(response.status)
+        let in_scope = r.interactions.is_empty() || interaction.is_some_and(|i| r.interactions.iter().any(|s| s == i));
+        in_scope
+            && r.status.matches(response.status)
             && r.when.as_ref().is_none_or(|w| {
                 let value = w.eval(&scope).ok().flatten();
                 truthy(value.as_ref())
@@ -81,8 +90,19 @@ pub fn matching_rule(mapping: &Mapping, response: &UpstreamResponse) -> Option<u
     })
 }
 
-/// Applies the mapping's error table to an upstream answer that is not a success.
+/// Applies the mapping's error table to an upstream answer that is not a success, outside any interaction
+/// (see [`matching_rule`]).
 pub fn translate_error(mapping: &Mapping, response: &UpstreamResponse, vars: &BTreeMap<String, Value>) -> GatewayError {
+    translate_error_in(mapping, response, vars, None)
+}
+
+/// Applies the mapping's error table to an upstream answer of `interaction` that is not a success.
+pub fn translate_error_in(
+    mapping: &Mapping,
+    response: &UpstreamResponse,
+    vars: &BTreeMap<String, Value>,
+    interaction: Option<&str>,
+) -> GatewayError {
     let side = Side::Upstream(mapping.display_name.clone());
     let document = error_document(response);
     let retry_after = response
@@ -91,7 +111,7 @@ pub fn translate_error(mapping: &Mapping, response: &UpstreamResponse, vars: &BT
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(std::time::Duration::from_secs);
-    match matching_rule(mapping, response).map(|i| &mapping.errors[i]) {
+    match matching_rule_in(mapping, response, interaction).map(|i| &mapping.errors[i]) {
         Some(rule) => {
             let scope = Scope {
                 document: &document,

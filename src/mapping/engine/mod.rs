@@ -20,8 +20,10 @@ use super::{Category, Mapping};
 use crate::error::GatewayError;
 use crate::json::{Limits, OutgoingBody, Payloads};
 
-pub use changes::{changes, unchanged};
-pub use errors::{matching_rule, not_supported, translate_error, unsupported_param};
+pub use changes::{appended, changed_elements, changes, keep_current, unchanged};
+pub use errors::{
+    matching_rule, matching_rule_in, not_supported, translate_error, translate_error_in, unsupported_param,
+};
 pub use paging::{PageToken, decode_page_token, encode_page_token};
 pub use resource::{normalize, run_checks};
 pub use run::Run;

@@ -47,7 +47,101 @@ const MEDICAL_RECORD_SUBCLASSES: [&str; 6] = [
     "MEDICALRECORD_VACCINATION",
 ];
 
+/// Admin create fields (athena.md §2d, "Create fields for class-specific endpoints"): the base of most classes.
+const ADMIN_CREATE: &[&str] = &[
+    "departmentid",
+    "documentsubclass",
+    "attachmentcontents",
+    "attachmenttype",
+    "autoclose",
+    "documentdata",
+    "documentdate",
+    "documenttypeid",
+    "entityid",
+    "entitytype",
+    "internalnote",
+    "originalfilename",
+    "priority",
+    "providerid",
+];
+/// What clinical documents add on create.
+const CLINICAL_CREATE_EXTRA: &[&str] = &["clinicalproviderid", "observationdate", "observationtime"];
+/// What imaging results add on create.
+const IMAGING_CREATE_EXTRA: &[&str] = &[
+    "accessionid",
+    "internalaccessionidentifier",
+    "facilityid",
+    "interpretation",
+    "patientnote",
+    "reportstatus",
+    "resultstatus",
+    "tietoorderid",
+    "observationdate",
+    "observationtime",
+    "includefilelink",
+    "ssotarget",
+];
+/// Medical records take a short list of their own: no autoclose, attachment type, file name or dates.
+const MEDICAL_RECORD_CREATE: &[&str] = &[
+    "departmentid",
+    "documentsubclass",
+    "attachmentcontents",
+    "documentdata",
+    "internalnote",
+    "priority",
+    "providerid",
+];
+/// Admin update fields; `internalnote` appends.
+const ADMIN_UPDATE: &[&str] = &["documentdate", "documenttypeid", "internalnote", "priority", "providerid"];
+/// What clinical documents add on update, among them `replaceinternalnote`.
+const CLINICAL_UPDATE_EXTRA: &[&str] =
+    &["clinicalproviderid", "observationdate", "observationtime", "replaceinternalnote"];
+
 impl DocClass {
+    /// The class's path segment (`/documents/{cls}`).
+    pub(super) fn segment(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::ClinicalDocument => "clinicaldocument",
+            Self::EncounterDocument => "encounterdocument",
+            Self::ImagingResult => "imagingresult",
+            Self::LabResult => "labresult",
+            Self::MedicalRecord => "medicalrecord",
+        }
+    }
+
+    /// The form fields a create of this class reads (athena.md §2d). athena.md lists none for encounter documents and
+    /// lab results; they are taken to read the clinical fields.
+    pub(super) fn create_fields(self) -> Vec<&'static str> {
+        match self {
+            Self::Admin => ADMIN_CREATE.to_vec(),
+            Self::MedicalRecord => MEDICAL_RECORD_CREATE.to_vec(),
+            Self::ImagingResult => [ADMIN_CREATE, IMAGING_CREATE_EXTRA].concat(),
+            Self::ClinicalDocument | Self::EncounterDocument | Self::LabResult => {
+                [ADMIN_CREATE, CLINICAL_CREATE_EXTRA].concat()
+            }
+        }
+    }
+
+    /// The form fields a metadata update of this class reads: athena.md lists the admin fields and what clinical
+    /// documents add (`replaceinternalnote` among them); every other class is taken to read the admin fields, so its
+    /// internal note can only be appended to.
+    pub(super) fn update_fields(self) -> Vec<&'static str> {
+        match self {
+            Self::ClinicalDocument => [ADMIN_UPDATE, CLINICAL_UPDATE_EXTRA].concat(),
+            _ => ADMIN_UPDATE.to_vec(),
+        }
+    }
+
+    /// The query parameters of a single-document GET: `getentityinfo`, and `showccdaxml` for clinical documents.
+    /// `showmetadata` is a list parameter only.
+    pub(super) fn read_params(self) -> &'static [&'static str] {
+        match self {
+            Self::ClinicalDocument => &["getentityinfo", "showccdaxml"],
+            _ => &["getentityinfo"],
+        }
+    }
+
     pub(super) fn from_segment(segment: &str) -> Option<Self> {
         Some(match segment {
             "admin" => Self::Admin,
@@ -99,7 +193,7 @@ impl DocClass {
         matches!(self, Self::Admin | Self::MedicalRecord)
     }
 
-    /// Classes with the clinical update fields (`clinicalproviderid`, `observationdate`/`time`, `replaceinternalnote`).
+    /// Classes whose seeded documents carry a clinical provider and an observation date.
     pub(super) fn clinical(self) -> bool {
         !matches!(self, Self::Admin | Self::MedicalRecord)
     }

@@ -30,25 +30,33 @@ impl State {
             Ok(form) => form,
             Err(response) => return *response,
         };
+        let listed = class.create_fields();
+        self.note_unlisted(
+            &format!("POST /patients/{{patientid}}/documents/{}", class.segment()),
+            form.names(),
+            &listed,
+        );
+        // Only the fields athena lists for the class are read; the rest are ignored, as athena ignores them.
+        let field = |name: &str| if listed.contains(&name) { form.text(name) } else { None };
         let mut missing = Vec::new();
-        if form.text("departmentid").is_none() {
+        if field("departmentid").is_none() {
             missing.push("departmentid");
         }
-        if form.text("documentsubclass").is_none() {
+        if field("documentsubclass").is_none() {
             missing.push("documentsubclass");
         }
         if !missing.is_empty() {
             return missing_fields(&missing);
         }
-        let department = form.text("departmentid").unwrap_or_default().trim().to_owned();
+        let department = field("departmentid").unwrap_or_default().trim().to_owned();
         if let Err(response) = self.check_department(&department) {
             return *response;
         }
-        let subclass = form.text("documentsubclass").unwrap_or_default().trim().to_ascii_uppercase();
+        let subclass = field("documentsubclass").unwrap_or_default().trim().to_ascii_uppercase();
         if !class.subclass_ok(&subclass) {
             return invalid_data(&format!("Invalid documentsubclass '{}' for this document class.", clip(&subclass)));
         }
-        if let Some(kind) = form.text("attachmenttype")
+        if let Some(kind) = field("attachmenttype")
             && !kind.trim().eq_ignore_ascii_case("PDF")
         {
             return athena_error(StatusCode::BAD_REQUEST, "Invalid attachment type id.", None);
@@ -57,11 +65,11 @@ impl State {
             Ok(attachment) => attachment,
             Err(response) => return *response,
         };
-        let fields = match MetadataFields::parse(&form, class) {
+        let fields = match MetadataFields::parse(&form, &listed) {
             Ok(fields) => fields,
             Err(response) => return *response,
         };
-        let filename = form.text("originalfilename").map(str::to_owned);
+        let filename = field("originalfilename").map(str::to_owned);
         if filename.as_ref().is_some_and(|name| name.chars().count() > 200) {
             return invalid_data("originalfilename must be at most 200 characters.");
         }
@@ -74,9 +82,11 @@ impl State {
                 &failure(class.stringly(), "Only PDF attachments are accepted at this time."),
             );
         }
-        let autoclose = form.text("autoclose").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        let encounterid = form.text("encounterid").map(|e| e.trim().to_owned());
-        let description = form.text("documentdata").map(|d| clip(d).to_owned()).unwrap_or_else(|| subclass.clone());
+        let autoclose = field("autoclose").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let description = field("documentdata").map(|d| clip(d).to_owned()).unwrap_or_else(|| subclass.clone());
+        let text = |name: &str| field(name).map(|v| v.trim().to_owned());
+        let (accessionid, internalaccessionid, tietoorderid) =
+            (text("accessionid"), text("internalaccessionidentifier"), text("tietoorderid"));
         let now = now_secs();
 
         let id = {
@@ -115,7 +125,10 @@ impl State {
                 documentdate: None,
                 observationdate: None,
                 observationtime: None,
-                encounterid,
+                accessionid,
+                internalaccessionid,
+                tietoorderid,
+                encounterid: None,
                 source: "UPLOAD",
                 route: "WEBSERVICE",
                 created: now,
@@ -152,7 +165,10 @@ impl State {
         if form.has("attachmentcontents") || form.has("attachmenttype") {
             return invalid_data("The file of a document cannot be replaced; only its metadata can be updated.");
         }
-        let fields = match MetadataFields::parse(&form, class) {
+        let listed = class.update_fields();
+        let endpoint = format!("PUT /patients/{{patientid}}/documents/{}/{{{}}}", class.segment(), class.id_field());
+        self.note_unlisted(&endpoint, form.names(), &listed);
+        let fields = match MetadataFields::parse(&form, &listed) {
             Ok(fields) => fields,
             Err(response) => return *response,
         };
@@ -199,8 +215,8 @@ impl State {
     }
 }
 
-/// Metadata fields accepted on create and update (athena.md §2d). Clinical-only fields are ignored for admin and
-/// medical-record documents.
+/// Metadata fields accepted on create and update (athena.md §2d); only those `listed` for the class and the write are
+/// read.
 #[derive(Default)]
 struct MetadataFields {
     documentdate: Option<String>,
@@ -215,9 +231,10 @@ struct MetadataFields {
 }
 
 impl MetadataFields {
-    fn parse(form: &FormBody, class: DocClass) -> Result<Self, Refusal> {
+    fn parse(form: &FormBody, listed: &[&str]) -> Result<Self, Refusal> {
+        let field = |name: &str| if listed.contains(&name) { form.text(name) } else { None };
         let integer = |name: &str| -> Result<Option<u64>, Refusal> {
-            match form.text(name) {
+            match field(name) {
                 None => Ok(None),
                 Some(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
                     refuse(invalid_data(&format!("Expecting format integer for {name}, but value is '{}'.", clip(v))))
@@ -225,13 +242,13 @@ impl MetadataFields {
             }
         };
         let date = |name: &str| -> Result<Option<String>, Refusal> {
-            match form.text(name) {
+            match field(name) {
                 None => Ok(None),
                 Some(v) if valid_date(v.trim()) => Ok(Some(v.trim().to_owned())),
                 Some(v) => Err(Box::new(invalid_data(&format!("Expecting format date, but value is '{}'.", clip(v))))),
             }
         };
-        let priority = match form.text("priority").map(str::trim) {
+        let priority = match field("priority").map(str::trim) {
             None => None,
             Some("1") => Some(1),
             Some("2") => Some(2),
@@ -239,31 +256,24 @@ impl MetadataFields {
                 return Err(Box::new(invalid_data(&format!("priority must be 1 or 2, but value is '{}'.", clip(v)))));
             }
         };
-        let mut fields = Self {
+        let observationtime = match field("observationtime").map(str::trim) {
+            None => None,
+            Some(v) if valid_time(v) => Some(v.to_owned()),
+            Some(v) => {
+                return Err(Box::new(invalid_data(&format!("Expecting format hh24:mi, but value is '{}'.", clip(v)))));
+            }
+        };
+        Ok(Self {
             documentdate: date("documentdate")?,
             documenttypeid: integer("documenttypeid")?,
-            internalnote: form.text("internalnote").map(str::to_owned),
+            internalnote: field("internalnote").map(str::to_owned),
+            replaceinternalnote: field("replaceinternalnote").is_some_and(|v| v.eq_ignore_ascii_case("true")),
             priority,
             providerid: integer("providerid")?,
-            ..Self::default()
-        };
-        if class.clinical() {
-            fields.clinicalproviderid = integer("clinicalproviderid")?;
-            fields.observationdate = date("observationdate")?;
-            fields.observationtime = match form.text("observationtime").map(str::trim) {
-                None => None,
-                Some(v) if valid_time(v) => Some(v.to_owned()),
-                Some(v) => {
-                    return Err(Box::new(invalid_data(&format!(
-                        "Expecting format hh24:mi, but value is '{}'.",
-                        clip(v)
-                    ))));
-                }
-            };
-            fields.replaceinternalnote =
-                form.text("replaceinternalnote").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        }
-        Ok(fields)
+            clinicalproviderid: integer("clinicalproviderid")?,
+            observationdate: date("observationdate")?,
+            observationtime,
+        })
     }
 
     fn is_empty(&self) -> bool {
@@ -277,7 +287,8 @@ impl MetadataFields {
             && self.observationtime.is_none()
     }
 
-    /// `update`: an internal note is appended to the existing one unless `replaceinternalnote=true`.
+    /// `update`: an internal note is appended to the existing one (after a space) unless `replaceinternalnote=true`,
+    /// which only the classes that list it read.
     fn apply(self, doc: &mut Document, update: bool) {
         if let Some(date) = self.documentdate {
             doc.documentdate = Some(date);

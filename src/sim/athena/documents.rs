@@ -12,7 +12,7 @@ use super::query::{Query, add_paging_links, paging};
 use super::responses::{
     Refusal, athena_error, bytes_response, clip, document_not_found, invalid_data, missing_fields, refuse,
 };
-use super::{Document, Page, State};
+use super::{Document, Page, State, listed};
 use crate::sim::support::{SimResponse, json_response};
 
 const DOCUMENT_LIMIT_DEFAULT: usize = 1000;
@@ -96,6 +96,13 @@ impl State {
         if let Err(response) = self.check_patient(pid) {
             return *response;
         }
+        let (endpoint, listed) = match list {
+            DocumentList::Class(class) => {
+                (format!("GET /patients/{{patientid}}/documents/{}", class.segment()), listed::CLASS_LIST)
+            }
+            DocumentList::Generic => ("GET /patients/{patientid}/documents".to_owned(), listed::GENERIC_LIST),
+        };
+        self.note_unlisted(&endpoint, query.names(), listed);
         let Some(department) = query.get("departmentid").filter(|d| !d.trim().is_empty()) else {
             return missing_fields(&["departmentid"]);
         };
@@ -132,16 +139,14 @@ impl State {
     }
 
     fn render_document(&self, doc: &Document, pages: &HashMap<u64, Page>, show_metadata: bool) -> Value {
-        let cls = match doc.class {
-            DocClass::Admin => "admin",
-            DocClass::ClinicalDocument => "clinicaldocument",
-            DocClass::EncounterDocument => "encounterdocument",
-            DocClass::ImagingResult => "imagingresult",
-            DocClass::LabResult => "labresult",
-            DocClass::MedicalRecord => "medicalrecord",
-        };
-        let base =
-            format!("{}/v1/{}/patients/{}/documents/{cls}/{}", self.host_base, self.practice_id, doc.patient, doc.id);
+        let base = format!(
+            "{}/v1/{}/patients/{}/documents/{}/{}",
+            self.host_base,
+            self.practice_id,
+            doc.patient,
+            doc.class.segment(),
+            doc.id
+        );
         let mut out = Map::new();
         // The class id is an integer while documentid is a string (athena.md §6).
         out.insert(doc.class.id_field().to_owned(), json!(doc.id));
@@ -192,6 +197,16 @@ impl State {
         if let Some(note) = &doc.internalnote {
             out.insert("internalnote".into(), json!(note));
         }
+        // Imaging results: the create's `accessionid` / `internalaccessionidentifier` read back under these names.
+        for (field, value) in [
+            ("externalaccessionid", &doc.accessionid),
+            ("internalaccessionid", &doc.internalaccessionid),
+            ("tietoorderid", &doc.tietoorderid),
+        ] {
+            if let Some(value) = value {
+                out.insert(field.into(), json!(value));
+            }
+        }
         if !doc.pages.is_empty() {
             let data_pages: Vec<Value> = doc
                 .pages
@@ -221,21 +236,27 @@ impl State {
         if let Err(response) = self.check_patient(pid) {
             return *response;
         }
+        // `showmetadata` is a list parameter (athena.md §2d): a single read never carries the file's metadata.
+        let endpoint = format!("GET /patients/{{patientid}}/documents/{}/{{{}}}", class.segment(), class.id_field());
+        self.note_unlisted(&endpoint, query.names(), class.read_params());
         let data = self.data();
         match data.documents.get(&id).filter(|doc| doc.class == class && doc.patient == pid) {
             // Single-record GETs answer a JSON array.
-            Some(doc) => json_response(
-                StatusCode::OK,
-                &json!([self.render_document(doc, &data.pages, query.flag("showmetadata"))]),
-            ),
+            Some(doc) => json_response(StatusCode::OK, &json!([self.render_document(doc, &data.pages, false)])),
             None => document_not_found(),
         }
     }
 
-    pub(super) fn get_page(&self, pid: &str, class: DocClass, id: u64, page_id: u64) -> SimResponse {
+    pub(super) fn get_page(&self, pid: &str, class: DocClass, id: u64, page_id: u64, query: &Query) -> SimResponse {
         if let Err(response) = self.check_patient(pid) {
             return *response;
         }
+        let endpoint = format!(
+            "GET /patients/{{patientid}}/documents/{}/{{{}}}/pages/{{pageid}}",
+            class.segment(),
+            class.id_field()
+        );
+        self.note_unlisted(&endpoint, query.names(), listed::PAGE_GET);
         let data = self.data();
         if !data.documents.get(&id).is_some_and(|doc| doc.class == class && doc.patient == pid) {
             return document_not_found();
@@ -246,10 +267,16 @@ impl State {
         }
     }
 
-    pub(super) fn get_original(&self, pid: &str, class: DocClass, id: u64) -> SimResponse {
+    pub(super) fn get_original(&self, pid: &str, class: DocClass, id: u64, query: &Query) -> SimResponse {
         if let Err(response) = self.check_patient(pid) {
             return *response;
         }
+        let endpoint = format!(
+            "GET /patients/{{patientid}}/documents/{}/{{{}}}/originaldocument",
+            class.segment(),
+            class.id_field()
+        );
+        self.note_unlisted(&endpoint, query.names(), listed::NOTHING);
         let data = self.data();
         let Some(doc) = data.documents.get(&id).filter(|doc| doc.class == class && doc.patient == pid) else {
             return document_not_found();

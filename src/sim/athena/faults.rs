@@ -1,5 +1,6 @@
-//! athena's side of fault injection: which queued faults a request takes, and injected errors shaped like athena's
-//! (OAuth errors on the token endpoint, Mashery's throttling 403, empty gateway errors).
+//! athena's side of fault injection: which queued faults a request takes, before it is handled or after it took
+//! effect, and injected errors shaped like athena's (OAuth errors on the token endpoint, Mashery's throttling 403,
+//! empty gateway errors).
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
@@ -16,6 +17,31 @@ impl State {
     fn take_fault(&self, method: &Method, path: &str) -> Option<FaultAction> {
         let mut data = self.data();
         fault::take(&mut data.faults, method, path, path.starts_with("/v1/"))
+    }
+
+    /// Applies a fault queued with `inject_after_processing` to the answer of a request that has been handled: the
+    /// EHR acted, and then the answer fails, comes late, never comes or is lost in a reset. This is what makes
+    /// resending a non-idempotent write (athena's appended internal note) write twice.
+    pub(super) async fn apply_after_fault(
+        &self,
+        method: &Method,
+        path: &str,
+        response: SimResponse,
+    ) -> Result<SimResponse, ResetConnection> {
+        let action = {
+            let mut data = self.data();
+            fault::take(&mut data.after_faults, method, path, path.starts_with("/v1/"))
+        };
+        match action {
+            None => Ok(response),
+            Some(FaultAction::Latency(delay)) => {
+                tokio::time::sleep(delay).await;
+                Ok(response)
+            }
+            Some(FaultAction::Hang) => support::hang(&self.signal).await,
+            Some(FaultAction::Reset) => Err(ResetConnection),
+            Some(FaultAction::Status(code)) => Ok(fault_response(code, path.starts_with("/oauth2/"))),
+        }
     }
 
     pub(super) async fn apply_fault(

@@ -27,6 +27,11 @@ impl FormBody {
         self.text.get(name).map(String::as_str).filter(|v| !v.trim().is_empty())
     }
 
+    /// Every field name, text or file.
+    pub(super) fn names(&self) -> impl Iterator<Item = &str> {
+        self.text.keys().chain(self.files.keys()).map(String::as_str)
+    }
+
     pub(super) fn has(&self, name: &str) -> bool {
         self.text.contains_key(name) || self.files.contains_key(name)
     }

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::State;
 use super::form_body::read_form;
+use super::listed;
 use super::query::Query;
 use super::responses::{athena_error, invalid_data, method_not_allowed, missing_fields, success};
 use crate::sim::support::{SimResponse, json_response};
@@ -30,8 +31,22 @@ impl Slot {
         matches!(self, Self::PrescriptionCard | Self::Photo)
     }
 
-    fn takes_department(&self) -> bool {
-        !matches!(self, Self::PrescriptionCard)
+    /// The slot's path, as the ignored-parameter record names it.
+    fn path(&self) -> &'static str {
+        match self {
+            Self::InsuranceCard(_) => "/patients/{patientid}/insurances/{insuranceid}/image",
+            Self::PrescriptionCard => "/patients/{patientid}/insurances/prescription/card",
+            Self::Photo => "/patients/{patientid}/photo",
+            Self::DriversLicense => "/patients/{patientid}/driverslicense",
+        }
+    }
+
+    /// The upload's fields: the prescription card takes no department.
+    fn upload_fields(&self) -> &'static [&'static str] {
+        match self {
+            Self::PrescriptionCard => listed::PRESCRIPTION_CARD_UPLOAD,
+            _ => listed::IMAGE_UPLOAD,
+        }
     }
 }
 
@@ -45,11 +60,18 @@ impl State {
         parts: &Parts,
         body: Incoming,
     ) -> SimResponse {
+        let endpoint = format!("{method} {}", slot.path());
         match *method {
-            Method::GET => self.get_image(pid, &slot, query, parts),
+            Method::GET => {
+                self.note_unlisted(&endpoint, query.names(), listed::IMAGE_GET);
+                self.get_image(pid, &slot, query, parts)
+            }
             // POST and PUT do the same thing for images (athena.md §2).
             Method::POST | Method::PUT => self.put_image(pid, slot, parts, body).await,
-            Method::DELETE => self.delete_image(pid, &slot),
+            Method::DELETE => {
+                self.note_unlisted(&endpoint, query.names(), listed::NOTHING);
+                self.delete_image(pid, &slot)
+            }
             _ => method_not_allowed("GET, POST, PUT, DELETE"),
         }
     }
@@ -84,12 +106,14 @@ impl State {
             Ok(form) => form,
             Err(response) => return *response,
         };
+        let endpoint = format!("{} {}", parts.method, slot.path());
+        self.note_unlisted(&endpoint, form.names(), slot.upload_fields());
         let image = match form.binary("image") {
             Ok(Some(image)) => image,
             Ok(None) => return missing_fields(&["image"]),
             Err(response) => return *response,
         };
-        if slot.takes_department()
+        if slot.upload_fields().contains(&"departmentid")
             && let Some(department) = form.text("departmentid")
             && let Err(response) = self.check_department(department)
         {

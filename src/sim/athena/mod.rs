@@ -24,9 +24,15 @@
 //! * lists page with `limit`/`offset`, `totalcount` and a **relative** `next`/`previous` whose parameter names are
 //!   upper-cased, as in athena's fixtures (parameter names are matched case-insensitively, so following it works);
 //! * image endpoints return `{"image":"<base64>"}`, or raw bytes with `jpegoutput=true` / `Accept: image/jpeg`, and
-//!   404 when the slot is empty.
+//!   404 when the slot is empty;
+//! * each endpoint reads exactly the query parameters and form fields athena.md lists for it (document creates and
+//!   updates per class: `observationdate` only where the class takes it, `replaceinternalnote` only for clinical
+//!   documents, `showmetadata` only on lists); anything else is ignored, as athena ignores it, and recorded in
+//!   [`AthenaSimStats::ignored_parameters`] so a test catches a gateway that relies on it.
 //!
-//! Faults ([`Fault`]) can be queued to make requests fail, stall, hang or have their connection reset.
+//! Faults ([`Fault`]) can be queued to make requests fail, stall, hang or have their connection reset, either before
+//! the request is handled ([`AthenaSimHandle::inject`]) or after it took effect
+//! ([`AthenaSimHandle::inject_after_processing`]).
 
 mod auth;
 mod dates;
@@ -36,6 +42,7 @@ mod documents;
 mod faults;
 mod form_body;
 mod images;
+mod listed;
 mod patients;
 mod query;
 mod responses;
@@ -109,6 +116,9 @@ pub struct AthenaSimStats {
     pub max_concurrent_requests: u64,
     /// Documents filed by a successful class-specific document POST (each one is a new document).
     pub creates: u64,
+    /// Query parameters and form fields athena.md does not list for the endpoint they were sent to, as
+    /// `"{METHOD} {endpoint}: {name}"`. athena ignores them, so a gateway that relies on one relies on nothing.
+    pub ignored_parameters: Vec<String>,
 }
 
 /// Entry point of the simulator.
@@ -196,9 +206,24 @@ impl AthenaSimHandle {
         }
     }
 
-    /// Drop all queued faults.
+    /// Queue a fault that strikes after the request took effect: the write is done, then the answer is replaced
+    /// by the fault's status, held back by its latency, never sent (`Hang`) or lost in a reset.
+    pub fn inject_after_processing(&self, fault: Fault) {
+        if fault.times > 0 {
+            self.inner.state.data().after_faults.push(fault);
+        }
+    }
+
+    /// Drop all queued faults (both kinds).
     pub fn clear_faults(&self) {
-        self.inner.state.data().faults.clear();
+        let mut data = self.inner.state.data();
+        data.faults.clear();
+        data.after_faults.clear();
+    }
+
+    /// A document's internal note as stored, after athena's appends and replaces (tests count writes with it).
+    pub fn internal_note(&self, document_id: u64) -> Option<String> {
+        self.inner.state.data().documents.get(&document_id).and_then(|doc| doc.internalnote.clone())
     }
 
     /// Stop the listener; open connections are closed after in-flight exchanges finish (hung ones are reset).
@@ -230,6 +255,8 @@ struct Data {
     /// (patient id, slot) -> image bytes.
     images: HashMap<(String, Slot), Bytes>,
     faults: Vec<Fault>,
+    /// Faults applied once the request has been handled (see [`AthenaSimHandle::inject_after_processing`]).
+    after_faults: Vec<Fault>,
     stats: AthenaSimStats,
     in_flight_requests: u64,
 }
@@ -250,6 +277,9 @@ struct Document {
     documentdate: Option<String>,
     observationdate: Option<String>,
     observationtime: Option<String>,
+    accessionid: Option<String>,
+    internalaccessionid: Option<String>,
+    tietoorderid: Option<String>,
     encounterid: Option<String>,
     source: &'static str,
     route: &'static str,
@@ -286,6 +316,7 @@ impl State {
             next_page_id: FIRST_PAGE_ID,
             images: HashMap::new(),
             faults: Vec::new(),
+            after_faults: Vec::new(),
             stats: AthenaSimStats::default(),
             in_flight_requests: 0,
         };

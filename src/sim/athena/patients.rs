@@ -3,10 +3,10 @@
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::State;
 use super::images::Slot;
 use super::query::{Query, add_paging_links, paging};
 use super::seed::{DEMO_DEPARTMENT_ID, DEMO_PATIENT_ID, Insurance, UNASSIGNED_PATIENT_ID, insurances};
+use super::{State, listed};
 use crate::sim::support::{SimResponse, json_response};
 
 const LIST_LIMIT_DEFAULT: usize = 1500;
@@ -17,6 +17,7 @@ impl State {
         if let Err(response) = self.check_patient(pid) {
             return *response;
         }
+        self.note_unlisted("GET /patients/{patientid}", query.names(), listed::PATIENT_GET);
         let mut patient = json!({
             "patientid": pid,
             "firstname": "Jane",
@@ -52,6 +53,7 @@ impl State {
         if let Err(response) = self.check_patient(pid) {
             return *response;
         }
+        self.note_unlisted("GET /patients/{patientid}/insurances", query.names(), listed::INSURANCE_LIST);
         let (limit, offset) = match paging(query, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX) {
             Ok(paging) => paging,
             Err(response) => return *response,

@@ -9,6 +9,7 @@ use super::State;
 use super::auth::TOKEN_PATH;
 use super::document_classes::{DocClass, DocumentList};
 use super::images::Slot;
+use super::listed;
 use super::query::Query;
 use super::responses::{
     Refusal, athena_error, clip, gateway_not_registered, invalid_data, invalid_path, invalid_practice,
@@ -47,7 +48,10 @@ impl State {
         let _in_flight = self.enter_request();
         let response = match self.apply_fault(&method, &path).await? {
             Some(response) => response,
-            None => self.route_api(req, &method, &path).await,
+            None => {
+                let response = self.route_api(req, &method, &path).await;
+                self.apply_after_fault(&method, &path, response).await?
+            }
         };
         tracing::debug!(host = "athena", %method, path, status = response.status().as_u16(), "sim");
         Ok(response)
@@ -92,10 +96,10 @@ impl State {
                 _ => method_not_allowed("GET"),
             },
             ["patients", pid, "insurances", "prescription", "card"] => match m {
-                Method::GET => self.get_image(pid, &Slot::PrescriptionCard, &query, &parts),
                 // athena lists only POST ("add or update") for the prescription card.
-                Method::POST => self.put_image(pid, Slot::PrescriptionCard, &parts, body).await,
-                Method::DELETE => self.delete_image(pid, &Slot::PrescriptionCard),
+                Method::GET | Method::POST | Method::DELETE => {
+                    self.image_methods(pid, Slot::PrescriptionCard, &m, &query, &parts, body).await
+                }
                 _ => method_not_allowed("GET, POST, DELETE"),
             },
             ["patients", pid, "insurances", insuranceid, "image"] => {
@@ -108,7 +112,10 @@ impl State {
             ["patients", pid, "photo"] => self.image_methods(pid, Slot::Photo, &m, &query, &parts, body).await,
             ["patients", pid, "photo", "thumbnail"] => match m {
                 // The simulator cannot scale; the thumbnail is the stored photo.
-                Method::GET => self.get_image(pid, &Slot::Photo, &query, &parts),
+                Method::GET => {
+                    self.note_unlisted("GET /patients/{patientid}/photo/thumbnail", query.names(), listed::IMAGE_GET);
+                    self.get_image(pid, &Slot::Photo, &query, &parts)
+                }
                 _ => method_not_allowed("GET"),
             },
             ["patients", pid, "driverslicense"] => {
@@ -147,7 +154,7 @@ impl State {
                     return invalid_path();
                 };
                 match m {
-                    Method::GET => self.get_page(pid, class, id, page),
+                    Method::GET => self.get_page(pid, class, id, page, &query),
                     _ => method_not_allowed("GET"),
                 }
             }
@@ -156,7 +163,7 @@ impl State {
                     return invalid_path();
                 };
                 match m {
-                    Method::GET => self.get_original(pid, class, id),
+                    Method::GET => self.get_original(pid, class, id, &query),
                     _ => method_not_allowed("GET"),
                 }
             }

@@ -1,8 +1,6 @@
 //! athena's demo data: the sandbox practice, its two patients, the demo patient's insurances, and the seeded card,
-//! photo and documents every simulator starts with.
+//! photo, licence and documents every simulator starts with.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -50,11 +48,12 @@ pub(super) const FIRST_CREATED_DOCUMENT_ID: u64 = 200_001;
 pub(super) const FIRST_PAGE_ID: u64 = 900_001;
 const SEED_EPOCH: i64 = 1_700_000_000;
 
-/// 1x1 PNG used for seeded document pages and images.
-const PNG_1X1_B64: &str =
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
-/// A tiny JPEG-shaped blob (SOI/APP0/EOI markers) used for seeded card and photo images.
-const SEED_JPEG: &[u8] = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00athena-sim-seed\xff\xd9";
+// Demo images a viewer opens, a few hundred bytes each (made with ImageMagick): a 64x40 insurance card and driver's
+// licence (JPEG, as athena's `jpegoutput` serves them), a 32x32 patient photo and a 24x32 document page (PNG).
+const SEED_CARD_JPEG: &[u8] = include_bytes!("demo/card.jpg");
+const SEED_LICENCE_JPEG: &[u8] = include_bytes!("demo/licence.jpg");
+const SEED_PHOTO_PNG: &[u8] = include_bytes!("demo/photo.png");
+const SEED_PAGE_PNG: &[u8] = include_bytes!("demo/page.png");
 /// A tiny PDF used as the original upload of seeded UPLOAD documents.
 const SEED_PDF: &[u8] = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n";
 
@@ -143,13 +142,14 @@ pub(super) fn insurances() -> [Insurance; 4] {
 }
 
 pub(super) fn seed(data: &mut Data) {
-    let png = Bytes::from(BASE64.decode(PNG_1X1_B64).unwrap_or_default());
+    let png = Bytes::from_static(SEED_PAGE_PNG);
     let pdf = Bytes::from_static(SEED_PDF);
     data.images.insert(
         (DEMO_PATIENT_ID.to_owned(), Slot::InsuranceCard(DEMO_PRIMARY_INSURANCE_ID.to_owned())),
-        Bytes::from_static(SEED_JPEG),
+        Bytes::from_static(SEED_CARD_JPEG),
     );
-    data.images.insert((DEMO_PATIENT_ID.to_owned(), Slot::Photo), Bytes::from_static(SEED_JPEG));
+    data.images.insert((DEMO_PATIENT_ID.to_owned(), Slot::Photo), Bytes::from_static(SEED_PHOTO_PNG));
+    data.images.insert((DEMO_PATIENT_ID.to_owned(), Slot::DriversLicense), Bytes::from_static(SEED_LICENCE_JPEG));
 
     let admin_subclasses = [
         "ADMIN_INSURANCECARD",
@@ -201,6 +201,9 @@ pub(super) fn seed(data: &mut Data) {
                 documentdate: Some(fmt_date(created)),
                 observationdate: class.clinical().then(|| fmt_date(created)),
                 observationtime: class.clinical().then(|| "09:30".to_owned()),
+                accessionid: None,
+                internalaccessionid: None,
+                tietoorderid: None,
                 encounterid: encounter.map(str::to_owned),
                 source: if upload { "UPLOAD" } else { "INTERFACE" },
                 route: if upload { "WEBSERVICE" } else { "INTERFACE" },

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::Value;
 
-use super::errors::{mapping_error, translate_error};
+use super::errors::{mapping_error, translate_error_in};
 use super::resource::{bind_object, normalize};
 use super::{Context, NextPage, Outcome, UpstreamRequest, UpstreamResponse, env, scalar_text, truthy};
 use crate::error::{GatewayError, IssueCode, Side};
@@ -22,12 +22,25 @@ struct Pending {
     kept: Vec<Value>,
     index: usize,
     next: Option<NextPage>,
+    /// Gateway paging (`_offset`): the upstream offset of `raw[0]`, whether the upstream has entries after
+    /// `raw`, and the step that lists them. The page is filled to `_count` entries from further upstream
+    /// pages, since `each` leaves some out.
+    fill: Option<Fill>,
+}
+
+#[derive(Clone, Copy)]
+struct Fill {
+    start: u64,
+    more: bool,
+    step: usize,
 }
 
 /// An interaction in progress.
 pub struct Run<'m> {
     mapping: &'m Mapping,
     category: &'m Category,
+    /// `create`, `read`, `update`, `delete`, `search` or `content`: which error rules apply.
+    interaction: &'static str,
     steps: &'m [Step],
     index: usize,
     vars: BTreeMap<String, Value>,
@@ -38,6 +51,8 @@ pub struct Run<'m> {
     /// A non-idempotent step has succeeded: the EHR changed.
     wrote: bool,
     pending: Option<Pending>,
+    /// Entries an `each` search kept from earlier upstream pages, while it reads the next one.
+    carried: Vec<Value>,
     /// What the last answered step bound (for the client's cache).
     last_bound: BTreeMap<String, Value>,
     /// The step just answered was a write after which no step sends a body.
@@ -306,8 +321,8 @@ impl<'m> Run<'m> {
 
     /// Drops the media numbered in `range` that no value the run keeps points at.
     fn release(&mut self, range: std::ops::Range<usize>, outcome: Option<&Outcome>) {
-        let Run { vars, pending, ctx, .. } = self;
-        let mut keep: Vec<&Value> = vars.values().collect();
+        let Run { vars, pending, ctx, carried, .. } = self;
+        let mut keep: Vec<&Value> = vars.values().chain(carried.iter()).collect();
         if let Some(p) = pending {
             keep.extend(p.raw.iter().chain(&p.kept));
         }
@@ -328,7 +343,9 @@ impl<'m> Run<'m> {
         if !failed {
             return Ok(());
         }
-        let mut error = translate_error(self.mapping, response, &self.vars);
+        // A `$content` fetch's errors are translated outside any interaction, as the front door does.
+        let interaction = Some(self.interaction).filter(|i| *i != "content");
+        let mut error = translate_error_in(self.mapping, response, &self.vars, interaction);
         if !step.idempotent && response.status >= 500 {
             // The EHR may have acted before failing: resending could write twice.
             error.retryable = false;
@@ -364,7 +381,10 @@ impl<'m> Run<'m> {
         let step = self.steps.get(self.index).ok_or_else(|| GatewayError::gateway("mapping run has no step left"))?;
         if step.empty_on.contains(&response.status) && step.result == Some(StepResult::Bundle) {
             self.index += 1;
-            return Ok(Some(Outcome::Page { entries: vec![], total: Some(0), next: None }));
+            // Nothing (more) upstream: the page is what earlier upstream pages gave.
+            let entries = std::mem::take(&mut self.carried);
+            let total = entries.is_empty().then_some(0);
+            return Ok(Some(Outcome::Page { entries, total, next: None }));
         }
         let document =
             if step.expect.contains(&response.status) { self.document(Some(step), response)? } else { Value::Null };
@@ -472,14 +492,36 @@ impl<'m> Run<'m> {
                 p.kept.push(entry);
             }
         }
+        let want = self.vars.get("_count").and_then(Value::as_u64).unwrap_or(u64::MAX) as usize;
         let Some(pending) = self.pending.as_mut() else { return Ok(None) };
+        // Entries were filtered, so the upstream's total no longer counts what the client sees.
+        if let Some(fill) = pending.fill
+            && pending.kept.len() > want
+        {
+            // The page is full; this entry only shows that more exist: the next page starts with it.
+            pending.kept.pop();
+            let next = NextPage::Offset(fill.start + pending.index as u64);
+            let entries = std::mem::take(&mut pending.kept);
+            self.pending = None;
+            return Ok(Some(Outcome::Page { entries, total: None, next: Some(next) }));
+        }
         pending.index += 1;
         if pending.index < pending.raw.len() {
             return Ok(None);
         }
-        let pending = self.pending.take().map(|p| (p.kept, p.next)).unwrap_or_default();
-        // Entries were filtered, so the upstream's total no longer counts what the client sees.
-        Ok(Some(Outcome::Page { entries: pending.0, total: None, next: pending.1 }))
+        let Some(pending) = self.pending.take() else { return Ok(None) };
+        match pending.fill {
+            Some(fill) if fill.more => {
+                // Short of `_count` (or not yet sure whether more exist): read the upstream's next page,
+                // keeping what this one gave.
+                self.carried = pending.kept;
+                self.vars.insert("_offset".into(), Value::from(fill.start + pending.raw.len() as u64));
+                self.index = fill.step;
+                Ok(None)
+            }
+            Some(_) => Ok(Some(Outcome::Page { entries: pending.kept, total: None, next: None })),
+            None => Ok(Some(Outcome::Page { entries: pending.kept, total: None, next: pending.next })),
+        }
     }
 
     fn page(&mut self, document: &Value) -> Result<Option<Outcome>, GatewayError> {
@@ -507,21 +549,28 @@ impl<'m> Run<'m> {
             },
             None => None,
         };
-        let next = match search.paging {
-            Paging::Link => link.map(NextPage::Link),
+        let (next, fill) = match search.paging {
+            Paging::Link => (link.map(NextPage::Link), None),
             Paging::Offset => {
                 let offset = self.vars.get("_offset").and_then(Value::as_u64).unwrap_or(0);
                 let after = offset + raw.len() as u64;
                 let more = match total {
                     Some(t) => after < t,
                     None => link.is_some(),
-                };
-                (more && !raw.is_empty()).then_some(NextPage::Offset(after))
+                } && !raw.is_empty();
+                // This step was just answered: `index` has moved past it.
+                let fill = Fill { start: offset, more, step: self.index.saturating_sub(1) };
+                (more.then_some(NextPage::Offset(after)), Some(fill))
             }
         };
         if search.each.is_some() && !raw.is_empty() {
-            self.pending = Some(Pending { raw, kept: Vec::new(), index: 0, next });
+            let kept = std::mem::take(&mut self.carried);
+            self.pending = Some(Pending { raw, kept, index: 0, next, fill });
             return Ok(None);
+        }
+        if !self.carried.is_empty() {
+            // A further upstream page with nothing on it: the page is what the earlier ones gave.
+            return Ok(Some(Outcome::Page { entries: std::mem::take(&mut self.carried), total: None, next: None }));
         }
         let entries = raw
             .iter()

@@ -10,40 +10,38 @@ use super::Run;
 use crate::error::{GatewayError, Issue, IssueCode};
 use crate::json::Payloads;
 use crate::mapping::engine::resource::id_vars;
-use crate::mapping::engine::{Context, changes, env, not_supported, run_checks, unsupported_param};
+use crate::mapping::engine::{
+    Context, appended, changed_elements, changes, env, keep_current, not_supported, run_checks, unsupported_param,
+};
 use crate::mapping::template::Scope;
 use crate::mapping::transform::TransformContext;
 use crate::mapping::{Category, Interaction, Mapping, Paging, Step};
 
+/// Where a run starts: its mapping, category, interaction and steps.
+struct Plan<'m> {
+    mapping: &'m Mapping,
+    category: &'m Category,
+    interaction: &'static str,
+    steps: &'m [Step],
+}
+
 impl<'m> Run<'m> {
-    fn new(
-        mapping: &'m Mapping,
-        category: &'m Category,
-        steps: &'m [Step],
-        vars: BTreeMap<String, Value>,
-        input: Value,
-        ctx: Context,
-    ) -> Result<Self, GatewayError> {
-        let mut run = Run::assemble(mapping, category, steps, vars, input, ctx);
+    fn new(plan: Plan<'m>, vars: BTreeMap<String, Value>, input: Value, ctx: Context) -> Result<Self, GatewayError> {
+        let mut run = Run::assemble(plan, vars, input, ctx);
         run.skip_inactive()?;
         Ok(run)
     }
 
     /// A run at its first step, before steps that do not apply are skipped.
-    fn assemble(
-        mapping: &'m Mapping,
-        category: &'m Category,
-        steps: &'m [Step],
-        mut vars: BTreeMap<String, Value>,
-        input: Value,
-        ctx: Context,
-    ) -> Self {
+    fn assemble(plan: Plan<'m>, mut vars: BTreeMap<String, Value>, input: Value, ctx: Context) -> Self {
+        let Plan { mapping, category, interaction, steps } = plan;
         for (k, v) in ctx.params.iter().chain(&category.vars) {
             vars.entry(k.clone()).or_insert_with(|| Value::String(v.clone()));
         }
         Run {
             mapping,
             category,
+            interaction,
             steps,
             index: 0,
             vars,
@@ -52,6 +50,7 @@ impl<'m> Run<'m> {
             next_link: None,
             wrote: false,
             pending: None,
+            carried: Vec::new(),
             last_bound: BTreeMap::new(),
             upload_answered: false,
             serialize_by: &[],
@@ -86,7 +85,8 @@ impl<'m> Run<'m> {
         let interaction = category.create.as_ref().ok_or_else(|| not_supported(mapping, "create", Some(category)))?;
         check_upload_size(mapping, &resource, &ctx.payloads)?;
         run_checks(mapping, interaction, &resource, category, &ctx.payloads)?;
-        let mut run = Run::new(mapping, category, &interaction.steps, BTreeMap::new(), resource, ctx)?;
+        let plan = Plan { mapping, category, interaction: "create", steps: &interaction.steps };
+        let mut run = Run::new(plan, BTreeMap::new(), resource, ctx)?;
         run.serialize_by = &interaction.serialize_writes_by;
         run.bind_input(interaction)?;
         Ok(run)
@@ -101,7 +101,7 @@ impl<'m> Run<'m> {
     ) -> Result<Self, GatewayError> {
         let interaction = category.read.as_ref().ok_or_else(|| not_supported(mapping, "read", Some(category)))?;
         let vars = id_vars(category, gateway_id, &ctx)?;
-        Run::new(mapping, category, &interaction.steps, vars, Value::Null, ctx)
+        Run::new(Plan { mapping, category, interaction: "read", steps: &interaction.steps }, vars, Value::Null, ctx)
     }
 
     /// An update of `gateway_id` to `resource`; `current` is the resource as it is now, against which
@@ -115,7 +115,9 @@ impl<'m> Run<'m> {
         ctx: Context,
     ) -> Result<Self, GatewayError> {
         let interaction = category.update.as_ref().ok_or_else(|| not_supported(mapping, "update", Some(category)))?;
-        let vars = id_vars(category, gateway_id, &ctx)?;
+        let mut vars = id_vars(category, gateway_id, &ctx)?;
+        // What the EHR maintains (a last-modified time) is as the EHR has it, whatever the client's copy says.
+        let resource = keep_current(current, resource, &interaction.ignore_changes);
         let mut problems: Vec<Issue> = Vec::new();
         let empty = BTreeMap::new();
         let env = env(mapping, Some(category), Some(&ctx.payloads));
@@ -133,6 +135,42 @@ impl<'m> Run<'m> {
                 });
             }
         }
+        // Elements the mapping does not say the EHR can change (read-only facts such as athena's document
+        // source) are refused by name, rather than sent as an update of nothing. The specific messages of
+        // `unchangeable` come first.
+        if problems.is_empty() && !interaction.changeable.is_empty() {
+            for element in changed_elements(current, &resource) {
+                if !interaction.changeable.contains(&element) {
+                    problems.push(Issue {
+                        code: IssueCode::BusinessRule,
+                        message: format!(
+                            "{} cannot change {element} of a {} Media; an update can change only {}",
+                            mapping.display_name,
+                            category.name,
+                            interaction.changeable.join(", ")
+                        ),
+                        expression: vec![element],
+                    });
+                }
+            }
+        }
+        // Text the EHR only appends to: the new value must continue the current one, and only what it adds
+        // is sent, so a resent or repeated update cannot add the same text twice.
+        for rule in &interaction.append_only {
+            let text = |scope: &Scope| -> Option<String> { rule.path.eval_string(scope).ok().flatten() };
+            let Some(new) = text(&new_scope) else { continue };
+            match appended(&text(&old_scope).unwrap_or_default(), &new) {
+                Some("") => {}
+                Some(added) => {
+                    vars.insert(rule.bind.clone(), Value::String(added.to_string()));
+                }
+                None => problems.push(Issue {
+                    code: IssueCode::BusinessRule,
+                    message: rule.message.clone(),
+                    expression: vec![rule.expression.clone()],
+                }),
+            }
+        }
         if !problems.is_empty() {
             return Err(GatewayError::client_issues(StatusCode::UNPROCESSABLE_ENTITY, problems));
         }
@@ -140,7 +178,8 @@ impl<'m> Run<'m> {
         run_checks(mapping, interaction, &resource, category, &ctx.payloads)?;
         // The steps see only what changed, so fields the EHR appends to (athena's internal note) are
         // not sent again unchanged.
-        let mut run = Run::new(mapping, category, &interaction.steps, vars, changes(current, &resource), ctx)?;
+        let plan = Plan { mapping, category, interaction: "update", steps: &interaction.steps };
+        let mut run = Run::new(plan, vars, changes(current, &resource), ctx)?;
         run.bind_input(interaction)?;
         Ok(run)
     }
@@ -154,7 +193,7 @@ impl<'m> Run<'m> {
     ) -> Result<Self, GatewayError> {
         let interaction = category.delete.as_ref().ok_or_else(|| not_supported(mapping, "delete", Some(category)))?;
         let vars = id_vars(category, gateway_id, &ctx)?;
-        Run::new(mapping, category, &interaction.steps, vars, Value::Null, ctx)
+        Run::new(Plan { mapping, category, interaction: "delete", steps: &interaction.steps }, vars, Value::Null, ctx)
     }
 
     /// The fetch of the bytes behind a Media's `content.url`; `params` are that URL's query parameters.
@@ -188,7 +227,8 @@ impl<'m> Run<'m> {
         let input = Value::Object(input);
         run_checks(mapping, interaction, &input, category, &ctx.payloads)?;
         let given = !params.is_empty();
-        let mut run = Run::assemble(mapping, category, &interaction.steps, vars, input, ctx);
+        let plan = Plan { mapping, category, interaction: "content", steps: &interaction.steps };
+        let mut run = Run::assemble(plan, vars, input, ctx);
         if !interaction.params.is_empty() {
             let what = interaction.params.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(" or ");
             let why = if given { "these parameters name nothing to fetch" } else { "no parameter given" };
@@ -277,7 +317,8 @@ impl<'m> Run<'m> {
             )
             .with_expression(search.require_one_of[0].clone()));
         }
-        let run = Run::new(mapping, category, &search.steps, vars, Value::Null, ctx)?;
+        let run =
+            Run::new(Plan { mapping, category, interaction: "search", steps: &search.steps }, vars, Value::Null, ctx)?;
         // Render every request now so a bad parameter value is reported before any upstream call (values
         // later steps bind are not known yet: only the caller's mistakes count here).
         for step in &search.steps {
@@ -331,8 +372,8 @@ impl<'m> Run<'m> {
                 *v = n.clamp(1, search.count_max).to_string();
             }
         }
-        let mut run =
-            Run::new(mapping, category, &search.steps[search.steps.len() - 1..], BTreeMap::new(), Value::Null, ctx)?;
+        let plan = Plan { mapping, category, interaction: "search", steps: &search.steps[search.steps.len() - 1..] };
+        let mut run = Run::new(plan, BTreeMap::new(), Value::Null, ctx)?;
         run.next_link = Some((path.to_string(), query));
         Ok(run)
     }

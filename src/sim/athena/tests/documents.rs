@@ -139,7 +139,7 @@ async fn document_create_read_update_soft_delete() {
     assert_eq!(sim.stats().creates, 1);
     let doc_url = format!("{url}/{id}");
 
-    let (status, body) = get(&http, &format!("{doc_url}?showmetadata=true"), &token).await;
+    let (status, body) = get(&http, &doc_url, &token).await;
     assert_eq!(status, StatusCode::OK);
     let doc = &body[0];
     assert_eq!(doc["clinicaldocumentid"], id);
@@ -148,8 +148,12 @@ async fn document_create_read_update_soft_delete() {
     assert_eq!(doc["status"], "REVIEW");
     assert_eq!(doc["priority"], 2);
     assert_eq!(doc["internalnote"], "first");
-    assert_eq!(doc["filetype"], "PDF");
-    assert_eq!(doc["filesize"], PDF.len());
+    // The file's metadata comes with lists (`showmetadata` is a list parameter).
+    let (_, list) = get(&http, &format!("{url}?departmentid=1&showmetadata=true"), &token).await;
+    let listed = list["clinicaldocuments"].as_array().unwrap().iter().find(|d| d["clinicaldocumentid"] == id).unwrap();
+    assert_eq!(listed["filetype"], "PDF");
+    assert_eq!(listed["filesize"], PDF.len());
+    assert_eq!(listed["originalfilename"], "consult");
     assert!(doc["createddate"].as_str().unwrap().len() == 10);
     assert!(doc["createddatetime"].as_str().unwrap().ends_with("-05:00"));
     let page = &doc["pages"][0];

@@ -81,6 +81,7 @@ fn docs_url(sim: &AthenaSimHandle, class: &str) -> String {
 }
 
 mod documents;
+mod listed;
 
 #[tokio::test]
 async fn token_flow_uses_basic_auth_and_limits_new_tokens_per_minute() {
