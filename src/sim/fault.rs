@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use http::Method;
 
+use super::support::{self, ResetConnection, ShutdownSignal, SimResponse};
+
 /// A queued fault. It applies to the next `times` matching requests, then disappears.
 ///
 /// Matching: `method` (if set) must equal the request method and `path_prefix` (if set) must prefix the
@@ -82,4 +84,24 @@ pub fn take(faults: &mut Vec<Fault>, method: &Method, path: &str, api_request: b
         faults.remove(index);
     }
     Some(action)
+}
+
+impl FaultAction {
+    /// Performs the action for a request: `Ok(None)` serves it normally (after any latency), `Ok(Some)`
+    /// answers instead, `Err` resets the connection. `status` builds the EHR's own body for a status.
+    pub(crate) async fn perform(
+        self,
+        signal: &ShutdownSignal,
+        status: impl FnOnce(u16) -> SimResponse,
+    ) -> Result<Option<SimResponse>, ResetConnection> {
+        match self {
+            FaultAction::Latency(delay) => {
+                tokio::time::sleep(delay).await;
+                Ok(None)
+            }
+            FaultAction::Hang => support::hang(signal).await.map(Some),
+            FaultAction::Reset => Err(ResetConnection),
+            FaultAction::Status(code) => Ok(Some(status(code))),
+        }
+    }
 }

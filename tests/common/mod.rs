@@ -139,6 +139,18 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 pub const ATHENA_PATIENT: &str = "1234";
 
+/// The athena demo connection (simulator) and organization, as config lines.
+pub const ATHENA_DEMO_ORG: &str = r#"[connections.demo-athena]
+ehr = "athena"
+simulator = true
+[[organizations]]
+id = "org-athena-demo"
+slug = "demo-athena"
+name = "athenahealth demo practice"
+connection = "demo-athena"
+mapping = "athena"
+"#;
+
 /// The sandbox config with the athena demo organization (simulator) on an ephemeral port.
 pub fn athena_config(extra: &str) -> String {
     format!(
@@ -150,16 +162,7 @@ mappings_dir = "{mappings}"
 name = "demo"
 token_sha256 = "{demo}"
 organizations = ["demo-athena"]
-[connections.demo-athena]
-ehr = "athena"
-simulator = true
-[[organizations]]
-id = "org-athena-demo"
-slug = "demo-athena"
-name = "athenahealth demo practice"
-connection = "demo-athena"
-mapping = "athena"
-{extra}
+{ATHENA_DEMO_ORG}{extra}
 "#,
         mappings = mappings_dir(),
         demo = token_hash(TOKEN),

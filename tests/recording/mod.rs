@@ -36,17 +36,6 @@ fn pdf(tag: &str) -> Vec<u8> {
 /// The config both organizations are recorded with: a fixed public base, so links are the same in every
 /// recording.
 fn recording_config(dir: &Path) -> String {
-    let athena_org = r#"
-[connections.demo-athena]
-ehr = "athena"
-simulator = true
-[[organizations]]
-id = "org-athena-demo"
-slug = "demo-athena"
-name = "athenahealth demo practice"
-connection = "demo-athena"
-mapping = "athena"
-"#;
     sandbox_config("")
         .replace(
             "body_limit_bytes = 65536",
@@ -56,7 +45,8 @@ mapping = "athena"
             ),
         )
         .replace("organizations = [\"demo-canvas\"]", "organizations = [\"demo-canvas\", \"demo-athena\"]")
-        + athena_org
+        + "\n"
+        + ATHENA_DEMO_ORG
 }
 
 /// Links carry the recorded public base; the server itself listens on an ephemeral port.

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::dates::{now_secs, valid_date, valid_time};
 use super::document_classes::DocClass;
-use super::form_body::{FormBody, read_form};
+use super::form_body::FormBody;
 use super::responses::{
     Refusal, athena_error, clip, document_not_found, failure, invalid_data, missing_fields, refuse, success,
 };
@@ -23,10 +23,7 @@ impl State {
         parts: &Parts,
         body: Incoming,
     ) -> SimResponse {
-        if let Err(response) = self.check_patient(pid) {
-            return *response;
-        }
-        let form = match read_form(parts, body).await {
+        let form = match self.patient_form(pid, parts, body).await {
             Ok(form) => form,
             Err(response) => return *response,
         };
@@ -155,10 +152,7 @@ impl State {
         parts: &Parts,
         body: Incoming,
     ) -> SimResponse {
-        if let Err(response) = self.check_patient(pid) {
-            return *response;
-        }
-        let form = match read_form(parts, body).await {
+        let form = match self.patient_form(pid, parts, body).await {
             Ok(form) => form,
             Err(response) => return *response,
         };

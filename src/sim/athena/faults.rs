@@ -51,13 +51,9 @@ impl State {
     ) -> Result<Option<SimResponse>, ResetConnection> {
         match self.take_fault(method, path) {
             None => Ok(None),
-            Some(FaultAction::Latency(delay)) => {
-                tokio::time::sleep(delay).await;
-                Ok(None)
+            Some(action) => {
+                action.perform(&self.signal, |code| fault_response(code, path.starts_with("/oauth2/"))).await
             }
-            Some(FaultAction::Hang) => support::hang(&self.signal).await.map(Some),
-            Some(FaultAction::Reset) => Err(ResetConnection),
-            Some(FaultAction::Status(code)) => Ok(Some(fault_response(code, path.starts_with("/oauth2/")))),
         }
     }
 }

@@ -10,7 +10,6 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::State;
-use super::form_body::read_form;
 use super::listed;
 use super::query::Query;
 use super::responses::{athena_error, invalid_data, method_not_allowed, missing_fields, success};
@@ -99,10 +98,7 @@ impl State {
     }
 
     pub(super) async fn put_image(&self, pid: &str, slot: Slot, parts: &Parts, body: Incoming) -> SimResponse {
-        if let Err(response) = self.check_patient(pid) {
-            return *response;
-        }
-        let form = match read_form(parts, body).await {
+        let form = match self.patient_form(pid, parts, body).await {
             Ok(form) => form,
             Err(response) => return *response,
         };

@@ -1,6 +1,7 @@
 //! The front door: token requests versus API requests, request counting, the bearer and practice checks, routing
 //! of `/v1/{practiceid}` paths to their handlers, and the patient, department and insurance checks they share.
 
+use http::request::Parts;
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
@@ -8,6 +9,7 @@ use serde_json::json;
 use super::State;
 use super::auth::TOKEN_PATH;
 use super::document_classes::{DocClass, DocumentList};
+use super::form_body::{FormBody, read_form};
 use super::images::Slot;
 use super::listed;
 use super::query::Query;
@@ -169,6 +171,13 @@ impl State {
             }
             _ => invalid_path(),
         }
+    }
+
+    /// The form body of a write to a patient's record, once the patient is known to exist (athena checks
+    /// the patient before it reads the body).
+    pub(super) async fn patient_form(&self, pid: &str, parts: &Parts, body: Incoming) -> Result<FormBody, Refusal> {
+        self.check_patient(pid)?;
+        read_form(parts, body).await
     }
 
     pub(super) fn check_patient(&self, pid: &str) -> Result<(), Refusal> {

@@ -8,7 +8,7 @@ use super::auth::oauth_error;
 use super::responses::{bad_request, html_response, not_found, not_supported, outcome, unauthorized};
 use super::s3::s3_error;
 use crate::sim::fault::{self, FaultAction};
-use crate::sim::support::{self, ResetConnection, SimResponse};
+use crate::sim::support::{ResetConnection, SimResponse};
 
 /// Which listener a request arrived on; decides how faults match and what error bodies look like.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -34,13 +34,7 @@ impl State {
     ) -> Result<Option<SimResponse>, ResetConnection> {
         match self.take_fault(host, method, path) {
             None => Ok(None),
-            Some(FaultAction::Latency(delay)) => {
-                tokio::time::sleep(delay).await;
-                Ok(None)
-            }
-            Some(FaultAction::Hang) => support::hang(&self.signal).await.map(Some),
-            Some(FaultAction::Reset) => Err(ResetConnection),
-            Some(FaultAction::Status(code)) => Ok(Some(fault_response(host, code, path))),
+            Some(action) => action.perform(&self.signal, |code| fault_response(host, code, path)).await,
         }
     }
 }
