@@ -2,7 +2,6 @@
 //! EHR — each cassette's front-door request runs through a gateway whose connection is answered by the
 //! cassette's upstream exchanges — and reports, or with `--accept` rewrites, what changed.
 
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -56,14 +55,6 @@ pub fn cassette_files(dir: &Path) -> Vec<PathBuf> {
     }
     files.sort();
     files
-}
-
-/// Replays one cassette through the mappings in `mappings_dir`.
-pub async fn replay_file(file: &Path, mappings_dir: &Path, accept: bool) -> CassetteReport {
-    match crate::server::load_mappings(mappings_dir) {
-        Ok(set) => replay_file_with(file, &set, accept).await,
-        Err(e) => CassetteReport { file: file.to_path_buf(), problems: vec![e], rewritten: false },
-    }
 }
 
 /// Replays one cassette through a loaded mapping set.
@@ -153,10 +144,8 @@ async fn replay(cassette: &Cassette, set: &MappingSet) -> Result<(Vec<String>, V
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.map(|c| c.to_bytes()).map_err(|e| format!("reading the response: {e}"))?;
     let content_type = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let headers: BTreeMap<String, String> = ["content-type", "location", "etag", "retry-after"]
-        .iter()
-        .filter_map(|h| Some((h.to_string(), parts.headers.get(*h)?.to_str().ok()?.to_string())))
-        .collect();
+    // The headers the recorder keeps, so a recorded header is compared, never reported missing.
+    let headers = crate::cassette::tap::kept_headers(&parts.headers);
     let mut now = RecordedResponse {
         status: parts.status.as_u16(),
         headers,

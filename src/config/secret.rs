@@ -23,7 +23,7 @@ impl fmt::Debug for SecretRef {
     }
 }
 
-/// A resolved secret value; `Debug` and `Display` redact it.
+/// A resolved secret value; `Debug` redacts it (there is no `Display`, so it cannot be formatted by accident).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 

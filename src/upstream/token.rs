@@ -149,12 +149,7 @@ impl TokenCache {
             }
             other => {
                 // e.g. athena's 429 when too many tokens were minted this minute: say when to come back.
-                let retry_after = response
-                    .headers
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                let retry_after = super::retry_after_of(&response.headers);
                 return Err(GatewayError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     IssueCode::Transient,

@@ -281,6 +281,8 @@ async fn record_athena(gw: &ehr_gateway::server::Running, client: &reqwest::Clie
 pub fn assert_clean(files: &[PathBuf]) {
     let canvas_jpeg = create_body()["content"]["data"].as_str().unwrap().to_string();
     let athena_jpeg = BASE64.encode(jpeg("card"));
+    // Every demo PDF starts `%PDF-1.4\n`; a placeholder keeps only the signature, then zeros.
+    let pdf_header = BASE64.encode(pdf("any"))[..12].to_string();
     assert!(!files.is_empty());
     let token = regex::Regex::new(&format!(r"(^|[^0-9A-Za-z]){ATHENA_PATIENT}([^0-9A-Za-z]|$)")).unwrap();
     let loopback_port = regex::Regex::new(r"127\.0\.0\.1:([0-9]+)").unwrap();
@@ -296,6 +298,9 @@ pub fn assert_clean(files: &[PathBuf]) {
             &canvas_jpeg,
             &canvas_jpeg[..40],
             &athena_jpeg[..40],
+            &pdf_header,
+            NOTE_WITH_PHI,
+            INTERNAL_NOTE,
             "Note #1",
             "Image title",
             "Jane",
